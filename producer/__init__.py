@@ -1,0 +1,28 @@
+"""What a web app imports to send email through emailq (no worker code needed)."""
+
+from producer.enqueue import Producer, send_email, send_many
+from producer.errors import (
+    ConfigError,
+    EmailqError,
+    InvalidMessage,
+    NotFound,
+    QueueUnavailable,
+)
+from producer.message import TEMPLATE_TYPES, Email, Envelope
+from producer.settings import Settings, get_settings
+
+__all__ = [
+    "TEMPLATE_TYPES",
+    "ConfigError",
+    "Email",
+    "EmailqError",
+    "Envelope",
+    "InvalidMessage",
+    "NotFound",
+    "Producer",
+    "QueueUnavailable",
+    "Settings",
+    "get_settings",
+    "send_email",
+    "send_many",
+]

@@ -1,0 +1,121 @@
+"""Putting emails on the queue: what a web app calls.
+
+Every email is validated before anything is written, a batch goes in one atomic
+transaction (all or none), and Redis gets a short timeout so that an unreachable
+queue fails a web request fast instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from producer import embedded_redis
+from producer.errors import InvalidMessage, QueueUnavailable
+from producer.message import Email, Envelope, parse_email
+from producer.settings import Settings, get_settings
+from producer.task_message import task_message
+
+_CHUNK = 1000
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """`EMAILQ_REDIS_URL`, or the embedded Redis (started if need be) when it is unset."""
+    if settings.redis_url is not None:
+        return str(settings.redis_url)
+    return embedded_redis.ensure_running(settings.data_dir)
+
+
+def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
+    """A Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying."""
+    timeout = settings.redis_timeout if timeout is None else timeout
+    return redis.Redis.from_url(
+        resolve_redis_url(settings),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+class Producer:
+    """Enqueues emails on one Redis connection pool; safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
+        self.settings = settings or get_settings()
+        self._redis = client or connect(self.settings)
+
+    def validate(self, email: Email | Mapping[str, Any]) -> Email:
+        """The email, checked against the contract; raises InvalidMessage."""
+        if isinstance(email, Email):
+            data: Any = email.model_dump(exclude_none=True)
+        else:
+            data = email
+        return parse_email(
+            data,
+            allow_any_type=self.settings.allow_any_type,
+            max_bytes=self.settings.max_message_bytes,
+        )
+
+    def send(self, email: Email | Mapping[str, Any]) -> str:
+        """Enqueue one email; returns its id (the `Idempotency-Key` the endpoint will see)."""
+        return self.send_many([email])[0]
+
+    def send_many(self, emails: Iterable[Email | Mapping[str, Any]]) -> list[str]:
+        """Enqueue several emails in one round trip, all or none; returns their ids in order.
+
+        Raises InvalidMessage naming every bad item (by index) before writing anything.
+        """
+        checked: list[Email] = []
+        problems: list[str] = []
+        for index, email in enumerate(emails):
+            try:
+                checked.append(self.validate(email))
+            except InvalidMessage as error:
+                problems.extend(f"item {index}: {problem}" for problem in error.problems)
+        if problems:
+            raise InvalidMessage(problems)
+        envelopes = [Envelope.wrap(e, self.settings.message_ttl_seconds) for e in checked]
+        self.push([task_message(e, self.settings.queue) for e in envelopes])
+        return [e.id for e in envelopes]
+
+    def push(self, messages: list[str]) -> None:
+        """LPUSH ready-made task messages atomically (BRPOP then takes them in order)."""
+        if not messages:
+            return
+        try:
+            if len(messages) <= _CHUNK:
+                self._redis.lpush(self.settings.queue, *messages)
+                return
+            with self._redis.pipeline(transaction=True) as pipe:
+                for start in range(0, len(messages), _CHUNK):
+                    pipe.lpush(self.settings.queue, *messages[start : start + _CHUNK])
+                pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}") from None
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+@functools.cache
+def default_producer() -> Producer:
+    return Producer()
+
+
+def send_email(to: str, type: str, payload: dict[str, Any], ip: str | None = None) -> str:
+    """Enqueue one email with the settings from the environment; returns its id."""
+    data: dict[str, Any] = {"to": to, "type": type, "payload": payload}
+    if ip is not None:
+        data["ip"] = ip
+    return default_producer().send(data)
+
+
+def send_many(emails: Iterable[Email | Mapping[str, Any]]) -> list[str]:
+    """Enqueue several emails in one round trip, all or none; returns their ids."""
+    return default_producer().send_many(emails)

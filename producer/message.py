@@ -1,0 +1,156 @@
+"""The message contract: Logto's `SendMessageData`, and the envelope it travels in.
+
+The endpoint receives exactly `Email.body()`; the envelope (id, times, attempts) stays on
+the queue, and its id travels as the `Idempotency-Key` header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from producer.errors import InvalidMessage
+
+TEMPLATE_TYPES = frozenset(
+    {
+        "SignIn",
+        "Register",
+        "ForgotPassword",
+        "OrganizationInvitation",
+        "Generic",
+        "UserPermissionValidation",
+        "BindNewIdentifier",
+        "MfaVerification",
+        "BindMfa",
+    }
+)
+KNOWN_PAYLOAD_STRINGS = ("code", "link", "locale", "uiLocales")
+# Values a dashboard reader could use to sign in as the recipient.
+SECRET_PAYLOAD_KEYS = frozenset({"code", "link"})
+MAX_TYPE_LENGTH = 100
+
+
+class Email(BaseModel):
+    """One email to send, as Logto's HTTP email connector describes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    to: str
+    type: str
+    payload: dict[str, Any]
+    ip: str | None = None
+
+    @field_validator("to")
+    @classmethod
+    def _one_address(cls, to: str) -> str:
+        # email-validator accepts no CR/LF or commas, so the value is safe in a header.
+        try:
+            validate_email(to, check_deliverability=False)
+        except EmailNotValidError as error:
+            raise ValueError(f"not a valid email address: {error}") from None
+        return to
+
+    @field_validator("type")
+    @classmethod
+    def _bounded_type(cls, value: str) -> str:
+        if not value or len(value) > MAX_TYPE_LENGTH or not value.isprintable():
+            raise ValueError(f"must be 1 to {MAX_TYPE_LENGTH} printable characters")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _known_keys_are_strings(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        for key in KNOWN_PAYLOAD_STRINGS:
+            if key in payload and not isinstance(payload[key], str):
+                raise ValueError(f"{key} must be a string")
+        return payload
+
+    def body(self) -> dict[str, Any]:
+        """The JSON object POSTed to the endpoint: `to`, `type`, `payload`, and `ip` if set."""
+        return self.model_dump(exclude_none=True)
+
+
+def parse_email(
+    data: Any, *, allow_any_type: bool = False, max_bytes: int | None = None
+) -> Email:
+    """Validate one `SendMessageData`; raises InvalidMessage listing every fault."""
+    if not isinstance(data, dict):
+        raise InvalidMessage([f"must be a JSON object, got {_json_kind(data)}"])
+    try:
+        email = Email.model_validate(data)
+    except ValidationError as error:
+        raise InvalidMessage([_describe(e) for e in error.errors()]) from None
+    if not allow_any_type and email.type not in TEMPLATE_TYPES:
+        raise InvalidMessage(
+            [
+                f"type: unknown template type {email.type!r} (expected one of "
+                f"{', '.join(sorted(TEMPLATE_TYPES))}; EMAILQ_ALLOW_ANY_TYPE=true accepts any)"
+            ]
+        )
+    if max_bytes is not None:
+        size = len(json.dumps(email.body(), separators=(",", ":")).encode())
+        if size > max_bytes:
+            raise InvalidMessage(
+                [f"message is {size} bytes, over the limit of {max_bytes} (EMAILQ_MAX_MESSAGE_BYTES)"]
+            )
+    return email
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "message"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: required"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field"
+    if kind == "dict_type":
+        return f"{where}: must be a JSON object"
+    if kind == "string_type":
+        return f"{where}: must be a string"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), "a number"
+    )
+
+
+class Envelope(BaseModel):
+    """An email on the queue, with what the worker needs and the endpoint never sees."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    created_at: float
+    expires_at: float
+    # Deliveries begun before this one (0 when fresh; replay starts a fresh budget).
+    attempts: int = 0
+    message: Email
+
+    @classmethod
+    def wrap(cls, email: Email, ttl_seconds: float, *, id: str | None = None) -> Envelope:
+        now = time.time()
+        return cls(
+            id=id or str(uuid.uuid4()),
+            created_at=now,
+            expires_at=now + ttl_seconds,
+            message=email,
+        )
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires_at
+
+
+def masked(body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an email body safe to show: one-time codes and links replaced."""
+    payload = {
+        key: ("***" if key in SECRET_PAYLOAD_KEYS else value)
+        for key, value in body.get("payload", {}).items()
+    }
+    return {**body, "payload": payload}

@@ -1,0 +1,121 @@
+"""The one typed settings object, read once from the environment and a `.env` file.
+
+Every name is `EMAILQ_<FIELD>`; `.env.example` lists each with its default.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AnyUrl,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producer.errors import ConfigError
+
+ENV_PREFIX = "EMAILQ_"
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "emailq"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Where the queue and the DLQ live. Unset: the embedded Redis under data_dir.
+    redis_url: AnyUrl | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    queue: str = Field(default="emailq", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # How long a producer may wait on Redis before giving up; keeps web requests fast.
+    redis_timeout: float = Field(default=0.5, gt=0, le=60)
+
+    # The message contract.
+    allow_any_type: bool = False
+    max_message_bytes: int = Field(default=65536, ge=256, le=10 * 1024 * 1024)
+    message_ttl_seconds: float = Field(default=900, gt=0)
+
+    # Delivery.
+    endpoint_url: HttpUrl | None = None
+    endpoint_authorization: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    request_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_response_bytes: int = Field(default=65536, ge=1024)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(default=60.0, gt=0, le=86400)
+
+    # The worker.
+    concurrency: int = Field(default=64, ge=1, le=1000)
+    visibility_timeout: int = Field(default=1200, ge=2)
+
+    # Operations.
+    flower_basic_auth: SecretStr | None = None
+    ingest_authorization: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: AnyUrl | None) -> AnyUrl | None:
+        if url is not None and url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and ":" not in value.get_secret_value():
+            raise ValueError("must be user:password")
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_delivery(self) -> Settings:
+        # kombu hands an unacked message to another worker once it is older than the
+        # visibility timeout, even if its worker is alive: it must outlast any delivery.
+        longest = self.longest_delivery_seconds()
+        if self.visibility_timeout <= longest:
+            raise ValueError(
+                f"EMAILQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed the "
+                f"longest possible delivery ({longest:.0f}s, from EMAILQ_MAX_ATTEMPTS, the "
+                "timeouts, the backoff cap and EMAILQ_MESSAGE_TTL_SECONDS)"
+            )
+        return self
+
+    def longest_delivery_seconds(self) -> float:
+        per_attempt = self.connect_timeout + self.request_timeout
+        by_attempts = (
+            self.max_attempts * per_attempt
+            + (self.max_attempts - 1) * self.retry_max_seconds
+        )
+        # A delivery never starts a retry past the message's expiry.
+        return min(by_attempts, self.message_ttl_seconds + per_attempt)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if not field:
+        return message
+    return f"{ENV_PREFIX}{field.upper()}: {message}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings, read once per process; raises ConfigError naming the bad setting."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
