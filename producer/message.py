@@ -143,6 +143,10 @@ class Envelope(BaseModel):
             message=email,
         )
 
+    def dump(self) -> dict[str, Any]:
+        """The envelope as JSON-ready data (how it travels on the queue and sits in the DLQ)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
 

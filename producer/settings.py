@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: AnyUrl | None) -> AnyUrl | None:
-        if url is not None and url.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if url is not None and url.scheme not in ("redis", "rediss"):
+            raise ValueError("must start with redis:// or rediss://")
         return url
 
     @field_validator("flower_basic_auth")

@@ -23,7 +23,7 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 def task_message(envelope: Envelope, queue: str) -> str:
     """The serialized kombu message that runs `emailq.deliver(envelope)` on `queue`."""
-    args = [envelope.model_dump(mode="json")]
+    args = [envelope.dump()]
     body = json.dumps([args, {}, _EMBED], separators=(",", ":")).encode()
     message: dict[str, Any] = {
         "body": base64.b64encode(body).decode("ascii"),

@@ -1,0 +1,290 @@
+"""Real parts for the tests: a Redis server on a free port, an HTTP endpoint on loopback,
+and `emailq worker` processes. Nothing here is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer.embedded_redis import redis_server_binary
+from producer.enqueue import Producer
+from producer.settings import Settings
+
+# The tests' own settings come from each test, never from the developer's shell.
+for _name in [n for n in os.environ if n.startswith("EMAILQ_")]:
+    del os.environ[_name]
+
+EMAILQ = str(Path(sys.executable).with_name("emailq"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of the tests' own, on a free port, with AOF on; can be killed."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--save", "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, "redis-server to start")
+
+    def _answers(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url, socket_timeout=0.5).ping()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def kill(self) -> None:
+        """`kill -9`, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    status: int
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def key(self) -> str:
+        return self.headers.get("idempotency-key", "")
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok":true}'
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class Endpoint:
+    """A real HTTP server on loopback standing in for the email API.
+
+    `behave` decides each reply from the request (default: 200); `received` keeps every
+    request in order.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.behave: Callable[[dict[str, str], bytes], Reply] = lambda headers, body: Reply()
+        self._lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                reply = endpoint.behave(headers, body)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                with endpoint._lock:
+                    endpoint.received.append(Received(headers, body, time.time(), reply.status))
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except OSError:
+                    pass  # the client gave up (a timeout test); nothing to answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/send"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def delivered_keys(self) -> list[str]:
+        with self._lock:
+            return [r.key for r in self.received if 200 <= r.status < 300]
+
+    def requests_for(self, key: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.key == key]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    server = Endpoint()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def settings_env(redis_server: RedisServer, endpoint: Endpoint, tmp_path: Path) -> dict[str, str]:
+    """The EMAILQ_* environment of a test: its Redis, its endpoint, quick retries."""
+    return {
+        "EMAILQ_REDIS_URL": redis_server.url,
+        "EMAILQ_ENDPOINT_URL": endpoint.url,
+        "EMAILQ_DATA_DIR": str(tmp_path / "data"),
+        "EMAILQ_RETRY_BASE_SECONDS": "0.05",
+        "EMAILQ_RETRY_MAX_SECONDS": "1",
+        "EMAILQ_MAX_ATTEMPTS": "3",
+        "EMAILQ_CONCURRENCY": "8",
+    }
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    values = {k.removeprefix("EMAILQ_").lower(): v for k, v in env.items()}
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def producer(settings_env: dict[str, str], redis_client: redis.Redis) -> Iterator[Producer]:
+    p = Producer(settings_from(settings_env))
+    yield p
+    p.close()
+
+
+def run_emailq(args: list[str], env: dict[str, str], cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`emailq ARGS` as a user runs it, with only the given EMAILQ_* settings."""
+    return subprocess.run(
+        [EMAILQ, *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+class Worker:
+    """An `emailq worker` process; `kill()` is `kill -9`."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, args: list[str]):
+        self.log = log
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            [EMAILQ, "worker", *args],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self._ready, 30, f"the worker to be ready (log: {log})", interval=0.1)
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{self.output()}")
+        return b" ready." in self.log.read_bytes()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._out.close()
+
+
+@pytest.fixture
+def start_worker(settings_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Worker:
+        worker = Worker(
+            {**settings_env, **(env or {})}, tmp_path, tmp_path / f"worker{len(started)}.log", list(args)
+        )
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,57 @@
+"""The Celery app, configured for at-least-once delivery on Redis.
+
+Configuration is applied lazily (on first use), from the one settings object, so that
+importing this module costs nothing and `celery -A worker.app` works as users expect.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from celery import Celery
+
+from producer.enqueue import resolve_redis_url
+from producer.settings import Settings, get_settings
+
+app = Celery("emailq", include=["worker.tasks"])
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = resolve_redis_url(settings)
+    return {
+        "broker_url": url,
+        "broker_transport": "worker.transport:Transport",
+        # Our transport class hides the rediss:// scheme from kombu: ask for TLS here.
+        "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss://") else None,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a Redis restart must not stop workers
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu sweeps unacked messages of dead workers back only every
+            # interval x throttle seconds; make that a small part of the timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
+        "task_default_queue": settings.queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "threads",
+        "worker_concurrency": settings.concurrency,
+        "worker_send_task_events": True,
+        "worker_consumer": "worker.consumer:Consumer",
+        "worker_hijack_root_logger": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))

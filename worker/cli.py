@@ -1,0 +1,246 @@
+"""The `emailq` command. Every error reaches the user as one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer.enqueue import Producer, connect
+from producer.errors import ConfigError, EmailqError, InvalidMessage
+from producer.jsonl import read_emails
+from producer.settings import Settings, get_settings
+
+MAX_PROBLEMS_SHOWN = 1000
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _dead_letters():
+    from worker.dead_letters import DeadLetters
+
+    settings = _settings()
+    return DeadLetters(connect(settings, timeout=5), settings.queue)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="emailq")
+def cli() -> None:
+    """emailq: a durable HTTP email dispatcher (Redis + Celery), configured by EMAILQ_* variables."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-c", "--concurrency", type=click.IntRange(1, 1000), help="Deliveries in flight (default EMAILQ_CONCURRENCY).")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default EMAILQ_QUEUE).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, queues: str | None, loglevel: str) -> None:
+    """Run a worker; any other Celery worker flag is passed through."""
+    settings = _settings()
+    if settings.endpoint_url is None:
+        raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
+    from worker.app import app
+
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.concurrency}",
+        f"--queues={queues or settings.queue}",
+        "--without-gossip",
+        "--without-mingle",
+        *ctx.args,
+    ]
+    app.worker_main(argv)
+
+
+@cli.command()
+@click.option("--to", help="Recipient address.")
+@click.option("--type", "type_", help="Logto template type, e.g. SignIn.")
+@click.option("--payload", default="{}", show_default=True, help="JSON object, e.g. '{\"code\": \"123456\"}'.")
+@click.option("--ip", help="Client IP to pass through.")
+@click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file, one SendMessageData a line ('-' for stdin).")
+def send(to: str | None, type_: str | None, payload: str, ip: str | None, file_: Path | None) -> None:
+    """Enqueue one email from flags, or many from a JSONL file; prints the ids."""
+    if file_ is not None:
+        if to or type_:
+            raise click.UsageError("use either --file or --to/--type, not both")
+        _send_file(file_)
+        return
+    if not to or not type_:
+        raise click.UsageError("--to and --type are required (or --file)")
+    try:
+        data: dict[str, Any] = {"to": to, "type": type_, "payload": json.loads(payload)}
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON ({error.msg})", param_hint="--payload") from None
+    if ip is not None:
+        data["ip"] = ip
+    producer = Producer(_settings())
+    producer.validate(data)
+    click.echo(producer.send(data))
+
+
+def _send_file(path: Path) -> None:
+    producer = Producer(_settings())
+    try:
+        stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
+    except OSError as error:
+        raise click.BadParameter(error.strerror or str(error), param_hint="--file") from None
+    with stream:
+        lines = stream.readlines()
+    with click.progressbar(lines, label="validating", file=sys.stderr) as bar:
+        emails, problems = read_emails(bar, producer.validate)
+    if problems:
+        for problem in problems[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"{path}: {problem}", err=True)
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            click.echo(f"{path}: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+        raise InvalidMessage([f"{path}: {len(problems)} bad line(s); nothing was enqueued"])
+    ids = producer.send_many(emails)
+    for message_id in ids:
+        click.echo(message_id)
+    click.echo(f"enqueued {len(ids)} email(s)", err=True)
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, replay and purge the dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--limit", type=click.IntRange(1), help="Newest N only.")
+def dlq_list(as_json: bool, limit: int | None) -> None:
+    """Dead-lettered emails, newest first (codes and links masked)."""
+    entries = _dead_letters().list(limit)
+    if as_json:
+        rows = []
+        for entry in entries:
+            row = entry.public()
+            row.pop("raw")
+            rows.append(row)
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not entries:
+        click.echo("the dead-letter queue is empty")
+        return
+    click.echo(f"{'ID':36}  {'FAILED AT (UTC)':19}  {'REASON':9}  {'STATUS':6}  {'ATT':>3}  {'TYPE':16}  TO")
+    for e in entries:
+        click.echo(
+            f"{e.id:36}  {_when(e.failed_at):19}  {e.reason:9}  {str(e.status or '-'):6}  "
+            f"{e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}"
+        )
+
+
+@dlq.command("show")
+@click.argument("message_id")
+@click.option("--reveal", is_flag=True, help="Show one-time codes and links unmasked.")
+def dlq_show(message_id: str, reveal: bool) -> None:
+    """One entry in full, as JSON."""
+    click.echo(json.dumps(_dead_letters().get(message_id).public(reveal), indent=2))
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Replay every entry.")
+def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
+    """Put entries back on the queue with a fresh attempt budget (same id)."""
+    store = _dead_letters()
+    targets = _targets(store, ids, all_)
+    replayed, skipped = store.replay(targets, _settings().message_ttl_seconds)
+    for message_id in skipped:
+        click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
+    click.echo(f"replayed {len(replayed)} email(s)")
+    if skipped and not all_:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Delete every entry.")
+def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
+    """Delete entries for good."""
+    store = _dead_letters()
+    if all_:
+        if ids:
+            raise click.UsageError("give ids or --all, not both")
+        removed = store.purge_all()
+    else:
+        for message_id in _targets(store, ids, all_):
+            store.get(message_id)  # NotFound before anything is deleted
+        removed = store.purge(ids)
+    click.echo(f"purged {removed} email(s)")
+
+
+def _targets(store, ids: tuple[str, ...], all_: bool) -> list[str]:
+    if all_ and ids:
+        raise click.UsageError("give ids or --all, not both")
+    if not all_ and not ids:
+        raise click.UsageError("give one or more ids, or --all")
+    if all_:
+        return store.ids()
+    for message_id in ids:
+        store.get(message_id)  # NotFound names the first unknown id before any move
+    return list(ids)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Queue depth, in-flight deliveries, DLQ depth and workers online."""
+    from worker.app import app
+
+    settings = _settings()
+    client = connect(settings, timeout=5)
+    store = _dead_letters()
+    replies = app.control.ping(timeout=1.0) or []
+    report = {
+        "queue": settings.queue,
+        "queued": client.llen(settings.queue),
+        "in_flight": client.hlen("unacked"),
+        "dead_lettered": store.count(),
+        "workers": sorted(name for reply in replies for name in reply),
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"queue {report['queue']}: {report['queued']} queued, {report['in_flight']} in flight")
+    click.echo(f"dead-letter queue: {report['dead_lettered']}")
+    click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and turns every expected error into one line on stderr."""
+    import redis
+
+    try:
+        code = cli.main(args=argv, prog_name="emailq", standalone_mode=False)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+        click.echo(f"emailq: error: {error.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as error:
+        click.echo(f"emailq: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("emailq: aborted", err=True)
+        sys.exit(130)
+    except EmailqError as error:
+        click.echo(f"emailq: {error}", err=True)
+        sys.exit(1)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        click.echo(f"emailq: Redis is unreachable ({error}); check EMAILQ_REDIS_URL", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if isinstance(code, int):
+        sys.exit(code)

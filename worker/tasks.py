@@ -1,0 +1,84 @@
+"""The `emailq.deliver` task: one email from the queue to the endpoint, or to the DLQ.
+
+A task that dead-letters raises `DeadLettered`, so Celery records it as failed and
+Flower lists it with the reason; the message is acked either way (it is safe in the DLQ).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from producer.enqueue import resolve_redis_url
+from producer.message import Envelope
+from producer.settings import get_settings
+from producer.task_message import TASK_NAME
+from worker.app import app
+from worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
+from worker.delivery import Deliverer, Outcome
+
+log = logging.getLogger("emailq.worker")
+
+
+class DeadLettered(Exception):
+    """The email could not be delivered and is now in the dead-letter queue."""
+
+
+@functools.cache
+def deliverer() -> Deliverer:
+    return Deliverer(get_settings())
+
+
+@functools.cache
+def dead_letters() -> DeadLetters:
+    settings = get_settings()
+    client = redis.Redis.from_url(resolve_redis_url(settings), health_check_interval=10)
+    return DeadLetters(client, settings.queue)
+
+
+@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(DeadLettered,))
+def deliver(envelope: Any) -> None:
+    try:
+        parsed = Envelope.model_validate(envelope)
+    except ValidationError as error:
+        entry = DeadLetter(
+            id=_id_of(envelope),
+            reason="malformed",
+            detail=f"invalid envelope: {error.error_count()} problem(s), first: "
+            f"{'.'.join(map(str, error.errors()[0]['loc']))}: {error.errors()[0]['msg']}",
+            raw=str(envelope)[:RAW_LIMIT],
+        )
+    else:
+        outcome = deliverer().deliver(parsed)
+        if outcome.delivered:
+            log.info("delivered %s in %d attempt(s)", parsed.id, outcome.attempts)
+            return
+        entry = _entry(parsed, outcome)
+    dead_letters().add(entry)
+    raise DeadLettered(entry.summary())
+
+
+def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
+    return DeadLetter(
+        id=envelope.id,
+        reason=outcome.reason or "exhausted",
+        detail=outcome.error,
+        status=outcome.status,
+        response_excerpt=outcome.excerpt,
+        attempts=envelope.attempts + outcome.attempts,
+        first_attempt_at=outcome.first_attempt_at,
+        last_attempt_at=outcome.last_attempt_at,
+        envelope=envelope.dump(),
+    )
+
+
+def _id_of(envelope: Any) -> str:
+    from celery import current_task
+
+    if isinstance(envelope, dict) and isinstance(envelope.get("id"), str):
+        return envelope["id"]
+    return current_task.request.id
