@@ -50,6 +50,17 @@ class Producer:
         self.settings = settings or get_settings()
         self._redis = client or connect(self.settings)
 
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def ping(self) -> bool:
+        """Whether Redis answers within the producer's timeout."""
+        try:
+            return bool(self._redis.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
     def validate(self, email: Email | Mapping[str, Any]) -> Email:
         """The email, checked against the contract; raises InvalidMessage."""
         if isinstance(email, Email):

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     ingest_authorization: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
+    # The worker's Prometheus endpoint; 0 turns it off (the ingest serves /metrics itself).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     @field_validator("redis_url")
     @classmethod

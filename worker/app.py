@@ -14,7 +14,7 @@ from celery import Celery
 from producer.enqueue import resolve_redis_url
 from producer.settings import Settings, get_settings
 
-app = Celery("emailq", include=["worker.tasks"])
+app = Celery("emailq", include=["worker.tasks", "worker.observability"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,6 +213,63 @@ def status(as_json: bool) -> None:
     click.echo(f"queue {report['queue']}: {report['queued']} queued, {report['in_flight']} in flight")
     click.echo(f"dead-letter queue: {report['dead_lettered']}")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535))
+def serve(host: str, port: int) -> None:
+    """Run the HTTP ingest that Logto's HTTP email connector POSTs to."""
+    settings = _settings()
+    try:
+        import uvicorn
+
+        from producer.ingest import create_app
+    except ImportError:
+        raise ConfigError("'emailq serve' needs the ops extra: pip install 'emailq[ops]'") from None
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535))
+@click.pass_context
+def flower(ctx: click.Context, address: str, port: int) -> None:
+    """Run Flower on the same broker; any other Flower flag is passed through."""
+    settings = _settings()
+    try:
+        import flower as _  # noqa: F401
+    except ImportError:
+        raise ConfigError("'emailq flower' needs the ops extra: pip install 'emailq[ops]'") from None
+    if settings.flower_basic_auth:
+        # Through the environment, not argv, so the password stays out of `ps`.
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    else:
+        click.secho("emailq flower: EMAILQ_FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach it", fg="yellow", err=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from worker.app import app
+
+    app.start(
+        [
+            "flower",
+            f"--address={address}",
+            f"--port={port}",
+            "--persistent=True",
+            f"--db={settings.data_dir / 'flower.db'}",
+            *ctx.args,
+        ]
+    )
+
+
+@cli.command()
+@click.option("--ingest-port", default=8025, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--flower-port", default=5555, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535), help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
+def dev(ingest_port: int, flower_port: int, endpoint_port: int) -> None:
+    """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""
+    from worker import dev as dev_mode
+
+    sys.exit(dev_mode.run(_settings(), ingest_port, flower_port, endpoint_port))
 
 
 def _when(timestamp: float) -> str:

@@ -90,6 +90,10 @@ class DeadLetters:
         self.index_key = f"{queue}:dlq:index"
         self._replay = client.register_script(_REPLAY)
 
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
     def add(self, entry: DeadLetter) -> None:
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.key, entry.id, json.dumps(asdict(entry)))

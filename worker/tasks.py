@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any
 
 import redis
 from pydantic import ValidationError
 
+from producer import metrics
 from producer.enqueue import resolve_redis_url
 from producer.message import Envelope
 from producer.settings import get_settings
@@ -54,11 +56,16 @@ def deliver(envelope: Any) -> None:
         )
     else:
         outcome = deliverer().deliver(parsed)
+        if outcome.attempts > 1:
+            metrics.RETRIED.inc(outcome.attempts - 1)
         if outcome.delivered:
+            metrics.DELIVERED.inc()
+            metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - parsed.created_at))
             log.info("delivered %s in %d attempt(s)", parsed.id, outcome.attempts)
             return
         entry = _entry(parsed, outcome)
     dead_letters().add(entry)
+    metrics.DEAD_LETTERED.labels(entry.reason).inc()
     raise DeadLettered(entry.summary())
 
 

@@ -1,0 +1,115 @@
+"""The HTTP ingest: what Logto's HTTP email connector POSTs to.
+
+Logto sends `POST <url>` with `Authorization: <configured value>` and the JSON body
+`{"to", "type", "payload"}`, and needs a 2xx at once; we validate, enqueue and answer
+`202 {"id": ...}`. Refusals are JSON `{"error": ...}`: 400 bad JSON, 401 wrong
+Authorization, 413 too large, 422 not a valid email, 503 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from producer import metrics
+from producer.enqueue import Producer
+from producer.errors import InvalidMessage, QueueUnavailable
+from producer.message import Email
+from producer.settings import Settings
+
+log = logging.getLogger("emailq.ingest")
+
+# Room for JSON whitespace around a maximal message; anything larger is refused unread.
+_BODY_SLACK = 4096
+
+
+def _refuse(status: int, error: str, **extra: object) -> JSONResponse:
+    metrics.REJECTED_INPUT.labels(str(status)).inc()
+    return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
+    producer = producer or Producer(settings)
+    metrics.watch_depths(producer.redis, settings.queue)
+    expected = (
+        settings.ingest_authorization.get_secret_value().encode()
+        if settings.ingest_authorization
+        else None
+    )
+    if expected is None:
+        log.warning(
+            "EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email"
+        )
+    limit = settings.max_message_bytes + _BODY_SLACK
+    app = FastAPI(
+        title="emailq ingest",
+        version="1",
+        description="Accepts the request of Logto's HTTP email connector and queues the email.",
+    )
+
+    @app.post(
+        "/",
+        status_code=202,
+        summary="Queue one email (Logto's SendMessageData)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": Email.model_json_schema()}},
+            }
+        },
+        responses={
+            202: {"description": "Queued; the id is the Idempotency-Key the endpoint will see"},
+            400: {"description": "Not JSON"},
+            401: {"description": "Wrong or missing Authorization"},
+            413: {"description": "Body too large"},
+            422: {"description": "Not a valid email"},
+            503: {"description": "Queue unavailable; retry"},
+        },
+    )
+    async def send(request: Request) -> Response:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _refuse(401, "wrong or missing Authorization header")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return _refuse(413, f"body larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _refuse(413, f"body larger than {limit} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return _refuse(400, "body is not valid JSON (UTF-8)")
+        try:
+            message_id = await run_in_threadpool(producer.send, data)
+        except InvalidMessage as error:
+            return _refuse(422, "invalid email", problems=error.problems)
+        except QueueUnavailable:
+            return _refuse(503, "the queue is unavailable; retry later")
+        metrics.ENQUEUED.labels("ingest").inc()
+        return JSONResponse({"id": message_id}, status_code=202)
+
+    @app.get("/healthz", summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: Redis reachable", responses={503: {"description": "Redis unreachable"}})
+    def readyz() -> Response:
+        if producer.ping():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "redis unreachable"}, status_code=503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

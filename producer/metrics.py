@@ -1,0 +1,56 @@
+"""Prometheus metrics of the ingest and the worker, and the queue/DLQ depth gauges.
+
+Each process exposes its own registry: the ingest on its `/metrics` route, the worker on
+`EMAILQ_METRICS_PORT`. Depths are read from Redis at scrape time, so any process that can
+reach Redis reports the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+
+ENQUEUED = Counter("emailq_enqueued", "Emails accepted onto the queue.", ["source"], registry=REGISTRY)
+REJECTED_INPUT = Counter(
+    "emailq_ingest_rejected", "Ingest requests refused, by HTTP status.", ["status"], registry=REGISTRY
+)
+DELIVERED = Counter("emailq_delivered", "Emails the endpoint accepted (2xx).", registry=REGISTRY)
+RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retried.", registry=REGISTRY)
+DEAD_LETTERED = Counter(
+    "emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY
+)
+DELIVERY_SECONDS = Histogram(
+    "emailq_delivery_seconds",
+    "From enqueue to the endpoint's 2xx.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+    registry=REGISTRY,
+)
+
+
+class DepthCollector(Collector):
+    """`emailq_queue_depth` and `emailq_dlq_depth`, read from Redis when scraped."""
+
+    def __init__(self, client: redis.Redis, queue: str):
+        self._redis = client
+        self._queue = queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.llen(self._queue).zcard(f"{self._queue}:dlq:index").hlen("unacked")
+                queued, dead, in_flight = pipe.execute()
+        except redis.RedisError:
+            return  # Redis down: no depth rather than a wrong one
+        yield GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue.", value=queued)
+        yield GaugeMetricFamily("emailq_in_flight", "Emails taken by workers, not yet acked.", value=in_flight)
+        yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=dead)
+
+
+def watch_depths(client: redis.Redis, queue: str) -> None:
+    REGISTRY.register(DepthCollector(client, queue))

@@ -1,0 +1,66 @@
+"""The worker's metrics endpoint and log format, wired in through Celery's signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import signals
+
+from producer.settings import get_settings
+
+_RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with the task (message) id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED and k != "message"})
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(logger: logging.Logger) -> None:
+    # httpx logs every request line at INFO; the worker logs its own outcome per email.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if get_settings().log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+@signals.after_setup_logger.connect
+def _root_logger(logger: logging.Logger, **_: Any) -> None:
+    configure_logging(logger)
+
+
+@signals.after_setup_task_logger.connect
+def _task_logger(logger: logging.Logger, **_: Any) -> None:
+    configure_logging(logger)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    settings = get_settings()
+    if not settings.metrics_port:
+        return
+    from prometheus_client import start_http_server
+
+    from producer import metrics
+    from worker.tasks import dead_letters
+
+    metrics.watch_depths(dead_letters().redis, settings.queue)
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
+    logging.getLogger("emailq.worker").info(
+        "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
+    )
