@@ -1,0 +1,179 @@
+"""The HTTP ingest (`emailq serve`), as Logto's HTTP email connector calls it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import EMAILQ, RedisServer, free_port, wait_for
+
+TOKEN = "Bearer ingest-token-123"
+LOGTO_BODY = {
+    "to": "foo@logto.io",
+    "type": "SignIn",
+    "payload": {"code": "123456", "locale": "en", "uiLocales": "en fr"},
+}
+
+
+class Ingest:
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / f"ingest-{self.port}.log"
+        self.process = subprocess.Popen(
+            [EMAILQ, "serve", "--port", str(self.port)],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._up, 20, "the ingest to listen")
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            return httpx.get(self.url + "/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def post(self, body: bytes | None = None, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/", content=body, headers=headers or {}, **kwargs)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def ingest(settings_env, redis_client, tmp_path):
+    server = Ingest({**settings_env, "EMAILQ_INGEST_AUTHORIZATION": TOKEN}, tmp_path)
+    yield server
+    server.stop()
+
+
+def queued_envelopes(redis_client) -> list[dict]:
+    envelopes = []
+    for raw in redis_client.lrange("emailq", 0, -1):
+        args, _, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        envelopes.append(args[0])
+    return envelopes
+
+
+def test_accepts_exactly_what_logtos_connector_sends(ingest, redis_client):
+    # Logto's connector: got.post(endpoint, {headers: {Authorization}, json: {to, type, payload}})
+    response = httpx.post(
+        ingest.url + "/",
+        json=LOGTO_BODY,
+        headers={"Authorization": TOKEN, "User-Agent": "got (https://github.com/sindresorhus/got)"},
+    )
+    assert response.status_code == 202
+    message_id = response.json()["id"]
+    [envelope] = queued_envelopes(redis_client)
+    assert envelope["id"] == message_id
+    assert envelope["message"] == LOGTO_BODY
+
+
+def test_the_ingested_email_reaches_the_endpoint(ingest, endpoint, start_worker):
+    start_worker()
+    message_id = ingest.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN}).json()["id"]
+    wait_for(lambda: message_id in endpoint.delivered_keys(), 20, "the delivery")
+    assert endpoint.requests_for(message_id)[0].json == LOGTO_BODY
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", TOKEN + "4", TOKEN.lower(), ""])
+def test_wrong_or_missing_authorization_is_401(ingest, redis_client, authorization):
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = ingest.post(json.dumps(LOGTO_BODY).encode(), headers)
+    assert response.status_code == 401
+    assert "error" in response.json()
+    assert redis_client.llen("emailq") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b"\xff\xfe\x00garbage", 400),
+        (b"[" * 30000 + b"]" * 30000, 400),  # deep nesting, refused not crashed
+        (json.dumps({"to": "nobody", "type": "SignIn", "payload": {}}).encode(), 422),
+        (json.dumps({"to": "a@b.io", "type": "Nope", "payload": {}}).encode(), 422),
+        (json.dumps({"to": "a@b.io\r\nBcc: x@evil.io", "type": "SignIn", "payload": {}}).encode(), 422),
+        (json.dumps({"to": "a@b.io", "type": "SignIn", "payload": "x"}).encode(), 422),
+        (json.dumps(["to"]).encode(), 422),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_json_error(ingest, redis_client, body, status):
+    response = ingest.post(body, {"Authorization": TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+    assert redis_client.llen("emailq") == 0
+    assert ingest.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN}).status_code == 202
+
+
+def test_invalid_email_lists_each_problem(ingest):
+    response = ingest.post(
+        json.dumps({"to": "nobody", "type": "Nope", "payload": []}).encode(), {"Authorization": TOKEN}
+    )
+    assert response.status_code == 422
+    problems = " ".join(response.json()["problems"])
+    assert "to:" in problems and "payload:" in problems
+
+
+def test_too_large_is_413_with_or_without_content_length(ingest, redis_client):
+    huge = json.dumps({**LOGTO_BODY, "payload": {"text": "x" * 200_000}}).encode()
+    assert ingest.post(huge, {"Authorization": TOKEN}).status_code == 413
+
+    def chunks():
+        for start in range(0, len(huge), 4096):
+            yield huge[start : start + 4096]
+
+    streamed = httpx.post(ingest.url + "/", content=chunks(), headers={"Authorization": TOKEN})
+    assert streamed.status_code == 413
+    assert redis_client.llen("emailq") == 0
+
+
+def test_redis_down_is_503_and_readiness_fails(settings_env, tmp_path):
+    own = RedisServer(tmp_path / "own-redis")
+    own.directory.mkdir()
+    own.start()
+    server = Ingest({**settings_env, "EMAILQ_REDIS_URL": own.url, "EMAILQ_INGEST_AUTHORIZATION": TOKEN}, tmp_path)
+    try:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        own.kill()
+        response = server.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN})
+        assert response.status_code == 503
+        assert httpx.get(server.url + "/readyz").status_code == 503
+        assert httpx.get(server.url + "/healthz").status_code == 200
+
+        own.start()  # AOF on: the same data comes back, and so does the ingest
+        assert server.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN}).status_code == 202
+    finally:
+        server.stop()
+        own.stop()
+
+
+def test_metrics_and_openapi(ingest):
+    assert ingest.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN}).status_code == 202
+    ingest.post(b"{", {"Authorization": TOKEN})
+    text = httpx.get(ingest.url + "/metrics").text
+    assert 'emailq_enqueued_total{source="ingest"} 1.0' in text
+    assert 'emailq_ingest_rejected_total{status="400"} 1.0' in text
+    assert "emailq_queue_depth 1.0" in text
+
+    spec = httpx.get(ingest.url + "/openapi.json").json()
+    schema = spec["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["required"]) == {"to", "type", "payload"}
+
+
+def test_unset_ingest_authorization_warns_loudly(settings_env, redis_client, tmp_path):
+    server = Ingest(settings_env, tmp_path)
+    try:
+        assert "EMAILQ_INGEST_AUTHORIZATION is not set" in server.log.read_text()
+    finally:
+        server.stop()
