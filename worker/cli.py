@@ -249,6 +249,11 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from worker.app import app
 
+    # Flower only watches (events, queue lengths); it needs kombu's own transport, whose
+    # URL scheme it recognises, not the worker's dead-lettering one. Reading a setting
+    # first applies the lazy configuration, so that it cannot overwrite this change.
+    assert app.conf.broker_url
+    app.conf.broker_transport = None
     app.start(
         [
             "flower",

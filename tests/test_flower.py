@@ -1,0 +1,77 @@
+"""Flower shows every dead-lettered email as a failed task, with codes masked, behind auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import EMAILQ, Reply, free_port, wait_for
+
+AUTH = ("ops", "flower-pass-1")
+SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "987654", "link": "https://x.io/magic?t=abc"}}
+
+
+@pytest.fixture
+def flower(settings_env, redis_client, tmp_path):
+    port = free_port()
+    log = tmp_path / "flower.log"
+    process = subprocess.Popen(
+        [EMAILQ, "flower", "--port", str(port)],
+        env={**os.environ, **settings_env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(AUTH)},
+        cwd=tmp_path,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(url + "/healthcheck").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 30, "Flower to listen")
+    yield url
+    process.terminate()
+    process.wait(10)
+    assert ":".join(AUTH) not in log.read_text()
+
+
+def test_flower_requires_basic_auth(flower):
+    assert httpx.get(flower + "/api/workers").status_code == 401
+    assert httpx.get(flower + "/api/workers", auth=("ops", "wrong")).status_code == 401
+    assert httpx.get(flower + "/api/workers", auth=AUTH).status_code == 200
+
+
+def test_dead_lettered_email_is_a_failed_task_with_its_reason(flower, producer, endpoint, start_worker):
+    endpoint.behave = lambda headers, body: Reply(404, body=b"no such template")
+    start_worker()
+    message_id = producer.send(SIGN_IN)
+
+    def failed_task():
+        tasks = httpx.get(flower + "/api/tasks", params={"state": "FAILURE"}, auth=AUTH).json()
+        return tasks.get(message_id)
+
+    task = wait_for(failed_task, 30, "Flower to list the failed task", interval=0.5)
+    assert task["name"] == "emailq.deliver"
+    assert "rejected" in task["exception"] and "HTTP 404" in task["exception"]
+    assert "no such template" in task["exception"]
+    shown = json.dumps(task)
+    assert "987654" not in shown and "magic?t=abc" not in shown
+    assert "foo@logto.io" in shown
+
+
+def test_queue_depth_is_visible_in_flower(flower, producer, start_worker):
+    start_worker().stop()  # a worker has announced the queue; none consumes it now
+    producer.send_many([SIGN_IN] * 3)
+
+    def depth():
+        queues = httpx.get(flower + "/api/queues/length", auth=AUTH).json()["active_queues"]
+        return {q["name"]: q["messages"] for q in queues}.get("emailq") == 3
+
+    wait_for(depth, 20, "Flower to show 3 queued", interval=0.5)
