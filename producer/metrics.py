@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -24,6 +24,9 @@ DELIVERED = Counter("emailq_delivered", "Emails the endpoint accepted (2xx).", r
 RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retried.", registry=REGISTRY)
 DEAD_LETTERED = Counter(
     "emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY
+)
+BREAKER_OPEN = Gauge(
+    "emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY
 )
 DELIVERY_SECONDS = Histogram(
     "emailq_delivery_seconds",

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=86400)
+    # Consecutive outage failures that hold all deliveries (0: never hold), and how often
+    # a held worker probes the endpoint.
+    breaker_threshold: int = Field(default=10, ge=0)
+    breaker_probe_seconds: float = Field(default=2.0, gt=0, le=600)
 
     # The worker.
     concurrency: int = Field(default=64, ge=1, le=1000)
@@ -98,12 +102,16 @@ class Settings(BaseSettings):
 
     def longest_delivery_seconds(self) -> float:
         per_attempt = self.connect_timeout + self.request_timeout
+        # No attempt starts past the message's expiry; while the endpoint is down a
+        # delivery may be held until then.
+        until_expiry = self.message_ttl_seconds + per_attempt
+        if self.breaker_threshold:
+            return until_expiry
         by_attempts = (
             self.max_attempts * per_attempt
             + (self.max_attempts - 1) * self.retry_max_seconds
         )
-        # A delivery never starts a retry past the message's expiry.
-        return min(by_attempts, self.message_ttl_seconds + per_attempt)
+        return min(by_attempts, until_expiry)
 
 
 def _describe(error: ValidationError) -> str:

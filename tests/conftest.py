@@ -170,11 +170,22 @@ class Endpoint:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self._listen(0)
+        self.url = f"http://127.0.0.1:{self.port}/send"
+
+    def _listen(self, port: int) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/send"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def go_down(self) -> None:
+        """Stop listening: connections are refused, as from a crashed service."""
+        self.close()
+
+    def come_back(self) -> None:
+        self._listen(self.port)
 
     def delivered_keys(self) -> list[str]:
         with self._lock:

@@ -15,6 +15,8 @@ import httpx
 
 from producer.message import Envelope
 from producer.settings import Settings
+from producer import metrics
+from worker.circuit_breaker import CircuitBreaker, Expired
 from worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status, parse_retry_after
 from worker.signing import decode_secrets, signature_headers
 
@@ -48,7 +50,12 @@ class _Rejected(Exception):
 class Deliverer:
     """POSTs emails to `EMAILQ_ENDPOINT_URL` over one keep-alive connection pool."""
 
-    def __init__(self, settings: Settings, client: httpx.Client | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.Client | None = None,
+        breaker: CircuitBreaker | None = None,
+    ):
         if settings.endpoint_url is None:
             raise ValueError("EMAILQ_ENDPOINT_URL is required to deliver")
         self.settings = settings
@@ -57,6 +64,11 @@ class Deliverer:
             decode_secrets(settings.signing_secret.get_secret_value())
             if settings.signing_secret
             else []
+        )
+        self._breaker = breaker or CircuitBreaker(
+            settings.breaker_threshold,
+            settings.breaker_probe_seconds,
+            on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
         )
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
@@ -80,7 +92,11 @@ class Deliverer:
                     attempts += 1
                     last = time.time()
                     first = first or last
-                    status = self._post(envelope.id, body)
+                    status = self._breaker.call(
+                        lambda: self._post(envelope.id, body), envelope.expires_at
+                    )
+        except Expired as error:
+            return Outcome("expired", None, "", str(error), attempts, first, last)
         except _Rejected as error:
             return Outcome("rejected", error.status, error.excerpt, f"HTTP {error.status}", attempts, first, last)
         except RetryableStatus as error:

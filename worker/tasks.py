@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from pydantic import ValidationError
@@ -24,18 +26,32 @@ from worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
 from worker.delivery import Deliverer, Outcome
 
 log = logging.getLogger("emailq.worker")
+T = TypeVar("T")
 
 
 class DeadLettered(Exception):
     """The email could not be delivered and is now in the dead-letter queue."""
 
 
-@functools.cache
+def _one_per_process(factory: Callable[[], T]) -> Callable[[], T]:
+    # The pool's threads start together: without the lock each could build its own
+    # client and circuit breaker.
+    lock = threading.Lock()
+    cached = functools.cache(factory)
+
+    def get() -> T:
+        with lock:
+            return cached()
+
+    return get
+
+
+@_one_per_process
 def deliverer() -> Deliverer:
     return Deliverer(get_settings())
 
 
-@functools.cache
+@_one_per_process
 def dead_letters() -> DeadLetters:
     settings = get_settings()
     client = redis.Redis.from_url(resolve_redis_url(settings), health_check_interval=10)
