@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -131,6 +132,7 @@ class Reply:
     body: bytes = b'{"ok":true}'
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    endless: bool = False  # stream the body forever (until the client hangs up)
 
 
 class Endpoint:
@@ -140,7 +142,8 @@ class Endpoint:
     request in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.received: list[Received] = []
         self.behave: Callable[[dict[str, str], bytes], Reply] = lambda headers, body: Reply()
         self._lock = threading.Lock()
@@ -161,21 +164,36 @@ class Endpoint:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
+                    if reply.endless:
+                        self._stream_forever()
+                        return
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
                 except OSError:
                     pass  # the client gave up (a timeout test); nothing to answer
 
+            def _stream_forever(self) -> None:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b"x" * 65536
+                deadline = time.monotonic() + 60  # bounded, even if nobody hangs up
+                while time.monotonic() < deadline:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.close_connection = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         self._handler = Handler
         self._listen(0)
-        self.url = f"http://127.0.0.1:{self.port}/send"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/send"
 
     def _listen(self, port: int) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
