@@ -5,6 +5,8 @@ Every name is `EMAILQ_<FIELD>`; `.env.example` lists each with its default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 from pathlib import Path
 from typing import Literal
@@ -85,6 +87,17 @@ class Settings(BaseSettings):
     def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and ":" not in value.get_secret_value():
             raise ValueError("must be user:password")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _whsec_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
+        for secret in (value.get_secret_value().split() if value else []):
+            if secret.startswith("whsec_"):
+                try:
+                    base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+                except binascii.Error:
+                    raise ValueError("a whsec_ secret must be base64 after the prefix") from None
         return value
 
     @model_validator(mode="after")
