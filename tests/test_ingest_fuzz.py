@@ -1,5 +1,5 @@
 """The ingest fuzzed through its own OpenAPI document (schemathesis): no request makes it
-fail, every refusal is documented, and a refused request enqueues nothing."""
+fail or crash, and a request it refuses enqueues nothing."""
 
 from __future__ import annotations
 
