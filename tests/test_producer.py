@@ -1,0 +1,320 @@
+"""The Python API a web app uses: `Producer.send` / `send_many`, against a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+import producer as emailq
+from conftest import free_port, settings_from
+
+SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
+
+
+@pytest.fixture
+def settings_env(redis_server, tmp_path) -> dict[str, str]:
+    """The producer needs only Redis (conftest's version also starts an HTTP endpoint,
+    whose shutdown costs half a second per test)."""
+    return {"EMAILQ_REDIS_URL": redis_server.url, "EMAILQ_DATA_DIR": str(tmp_path / "data")}
+
+
+def decode(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(kombu message, the envelope it carries) from one item of the queue's list."""
+    message = json.loads(raw)
+    args, kwargs, embed = json.loads(base64.b64decode(message["body"]))
+    assert kwargs == {}
+    assert set(embed) >= {"callbacks", "errbacks", "chain", "chord"}
+    [envelope] = args
+    return message, envelope
+
+
+def queued(redis_client, queue: str = "emailq") -> list[dict[str, Any]]:
+    """The envelopes on the queue, in the order a worker takes them (RPOP)."""
+    envelopes = []
+    while (raw := redis_client.rpop(queue)) is not None:
+        envelopes.append(decode(raw)[1])
+    return envelopes
+
+
+def email(n: int) -> dict[str, Any]:
+    return {"to": f"user{n}@example.com", "type": "SignIn", "payload": {"code": f"{n:06d}"}}
+
+
+# --- sending ------------------------------------------------------------------------
+
+
+def test_send_returns_an_id_and_puts_one_celery_message_on_the_queue(producer, redis_client):
+    before = time.time()
+    message_id = producer.send(SIGN_IN)
+
+    assert isinstance(message_id, str) and message_id
+    assert redis_client.llen("emailq") == 1
+    message, envelope = decode(redis_client.lindex("emailq", 0))
+    assert message["headers"]["task"] == "emailq.deliver"
+    assert message["headers"]["id"] == message_id
+    assert message["properties"]["body_encoding"] == "base64"
+    assert message["content-type"] == "application/json"
+    assert envelope["message"] == SIGN_IN
+    assert envelope["id"] == message_id
+    assert before <= envelope["created_at"] <= time.time()
+    ttl = producer.settings.message_ttl_seconds
+    assert envelope["expires_at"] == pytest.approx(envelope["created_at"] + ttl)
+
+
+def test_send_keeps_ip_when_given(producer, redis_client):
+    producer.send({**SIGN_IN, "ip": "203.0.113.9"})
+    [envelope] = queued(redis_client)
+    assert envelope["message"] == {**SIGN_IN, "ip": "203.0.113.9"}
+
+
+def test_each_send_gets_a_distinct_id(producer, redis_client):
+    ids = {producer.send(SIGN_IN) for _ in range(20)}
+    assert len(ids) == 20
+
+
+def test_send_many_of_500_is_one_lpush_round_trip(producer, redis_client):
+    assert producer.ping()  # the producer's connection is open before we count
+    redis_client.config_resetstat()
+
+    ids = producer.send_many([email(n) for n in range(500)])
+
+    stats = redis_client.info("commandstats")
+    commands = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
+    commands.pop("info", None)  # our own questions
+    commands.pop("config|resetstat", None)
+    assert commands == {"lpush": 1}
+    assert len(ids) == 500 and len(set(ids)) == 500
+    assert redis_client.llen("emailq") == 500
+
+
+def test_send_many_is_consumed_in_input_order(producer, redis_client):
+    emails = [email(n) for n in range(500)]
+    ids = producer.send_many(emails)
+
+    envelopes = queued(redis_client)
+    assert [e["id"] for e in envelopes] == ids
+    assert [e["message"] for e in envelopes] == emails
+
+
+def test_a_batch_with_one_bad_item_names_the_index_and_field_and_enqueues_nothing(
+    producer, redis_client
+):
+    emails = [email(n) for n in range(10)]
+    emails[7] = {**emails[7], "to": "not-an-address"}
+
+    with pytest.raises(emailq.InvalidMessage) as raised:
+        producer.send_many(emails)
+
+    assert "item 7" in str(raised.value)
+    assert "to" in str(raised.value)
+    assert [p for p in raised.value.problems if "item 7" in p]
+    assert not [p for p in raised.value.problems if "item 6" in p or "item 8" in p]
+    assert redis_client.llen("emailq") == 0
+
+
+def test_a_batch_with_several_bad_items_names_each(producer, redis_client):
+    emails = [email(n) for n in range(5)]
+    emails[1] = {**emails[1], "type": "NoSuchType"}
+    emails[3] = {**emails[3], "payload": "not an object"}
+
+    with pytest.raises(emailq.InvalidMessage) as raised:
+        producer.send_many(emails)
+
+    text = str(raised.value)
+    assert "item 1" in text and "type" in text
+    assert "item 3" in text and "payload" in text
+    assert redis_client.llen("emailq") == 0
+
+
+# --- the message contract -----------------------------------------------------------
+
+
+def test_unknown_type_is_rejected_by_default(producer, redis_client):
+    with pytest.raises(emailq.InvalidMessage, match="type"):
+        producer.send({**SIGN_IN, "type": "Newsletter"})
+    assert redis_client.llen("emailq") == 0
+
+
+def test_unknown_type_is_accepted_when_any_type_is_allowed(settings_env, redis_client):
+    lenient = emailq.Producer(settings_from({**settings_env, "EMAILQ_ALLOW_ANY_TYPE": "true"}))
+    try:
+        lenient.send({**SIGN_IN, "type": "Newsletter"})
+    finally:
+        lenient.close()
+    [envelope] = queued(redis_client)
+    assert envelope["message"]["type"] == "Newsletter"
+
+
+def test_every_logto_template_type_is_accepted(producer, redis_client):
+    producer.send_many([{**SIGN_IN, "type": t} for t in sorted(emailq.TEMPLATE_TYPES)])
+    assert {e["message"]["type"] for e in queued(redis_client)} == set(emailq.TEMPLATE_TYPES)
+    assert len(emailq.TEMPLATE_TYPES) == 9
+
+
+@pytest.mark.parametrize("payload", [[], "code=1", 7, None, ["code", "1"]])
+def test_payload_must_be_an_object(producer, redis_client, payload):
+    with pytest.raises(emailq.InvalidMessage, match="payload"):
+        producer.send({**SIGN_IN, "payload": payload})
+    assert redis_client.llen("emailq") == 0
+
+
+@pytest.mark.parametrize("key", ["code", "link", "locale", "uiLocales"])
+@pytest.mark.parametrize("value", [123456, None, ["a"], {"a": 1}, True])
+def test_known_payload_keys_must_be_strings(producer, redis_client, key, value):
+    with pytest.raises(emailq.InvalidMessage) as raised:
+        producer.send({**SIGN_IN, "payload": {key: value}})
+    assert key in str(raised.value)
+    assert redis_client.llen("emailq") == 0
+
+
+def test_other_payload_keys_pass_through_untouched(producer, redis_client):
+    payload = {
+        "code": "123456",
+        "link": "https://example.com/verify?t=1",
+        "locale": "de",
+        "uiLocales": "de en",
+        "count": 3,
+        "ratio": 0.5,
+        "flag": False,
+        "nothing": None,
+        "nested": {"list": [1, "two", {"three": 3}], "empty": {}},
+        "ünïcode": "✉️ ok",
+    }
+    producer.send({**SIGN_IN, "payload": payload})
+    [envelope] = queued(redis_client)
+    assert envelope["message"]["payload"] == payload
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "foo@logto.io\r\nBcc: victim@example.com",
+        "foo@logto.io\nBcc: victim@example.com",
+        "foo@logto.io\r",
+        "foo@logto.io\n",
+        "foo@logto.io, bar@logto.io",
+        "not-an-address",
+        "",
+    ],
+)
+def test_to_must_be_one_clean_address(producer, redis_client, to):
+    with pytest.raises(emailq.InvalidMessage, match="to"):
+        producer.send({**SIGN_IN, "to": to})
+    assert redis_client.llen("emailq") == 0
+
+
+@pytest.mark.parametrize(
+    "missing_or_extra",
+    [
+        {"to": "foo@logto.io", "type": "SignIn"},
+        {"type": "SignIn", "payload": {}},
+        {"to": "foo@logto.io", "payload": {}},
+        {**SIGN_IN, "bcc": "victim@example.com"},
+    ],
+)
+def test_missing_or_unknown_top_level_fields_are_rejected(producer, redis_client, missing_or_extra):
+    with pytest.raises(emailq.InvalidMessage):
+        producer.send(missing_or_extra)
+    assert redis_client.llen("emailq") == 0
+
+
+@pytest.mark.parametrize("not_an_object", [[SIGN_IN], "SignIn", None, 3])
+def test_an_email_must_be_an_object(producer, redis_client, not_an_object):
+    with pytest.raises(emailq.InvalidMessage):
+        producer.send(not_an_object)
+    assert redis_client.llen("emailq") == 0
+
+
+def test_oversized_message_is_rejected(settings_env, redis_client):
+    small = emailq.Producer(settings_from({**settings_env, "EMAILQ_MAX_MESSAGE_BYTES": "1024"}))
+    try:
+        small.send({**SIGN_IN, "payload": {"note": "x" * 900}})  # fits
+        with pytest.raises(emailq.InvalidMessage, match="EMAILQ_MAX_MESSAGE_BYTES"):
+            small.send({**SIGN_IN, "payload": {"note": "x" * 1100}})
+    finally:
+        small.close()
+    assert redis_client.llen("emailq") == 1
+
+
+def test_email_model_instances_are_accepted(producer, redis_client):
+    message_id = producer.send(emailq.Email(**SIGN_IN))
+    [envelope] = queued(redis_client)
+    assert envelope["id"] == message_id and envelope["message"] == SIGN_IN
+
+
+# --- Redis unreachable --------------------------------------------------------------
+
+
+def unreachable(settings_env: dict[str, str], url: str) -> emailq.Producer:
+    return emailq.Producer(
+        settings_from({**settings_env, "EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_TIMEOUT": "0.3"})
+    )
+
+
+def assert_fails_fast(p: emailq.Producer) -> None:
+    started = time.monotonic()
+    with pytest.raises(emailq.QueueUnavailable):
+        p.send(SIGN_IN)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    with pytest.raises(emailq.QueueUnavailable):
+        p.send_many([email(n) for n in range(3)])
+    assert time.monotonic() - started < 1.0
+
+
+def test_closed_port_raises_queue_unavailable_fast(settings_env):
+    p = unreachable(settings_env, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        assert_fails_fast(p)
+        assert p.ping() is False
+    finally:
+        p.close()
+
+
+def test_silent_server_raises_queue_unavailable_fast(settings_env):
+    # A socket that accepts connections (the kernel completes the handshake) but never
+    # reads or answers: the producer must give up after its timeout, not hang.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        p = unreachable(settings_env, f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        try:
+            assert_fails_fast(p)
+        finally:
+            p.close()
+
+
+def test_invalid_email_is_reported_before_redis_is_needed(settings_env):
+    p = unreachable(settings_env, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(emailq.InvalidMessage):
+            p.send({**SIGN_IN, "to": "nobody"})
+    finally:
+        p.close()
+
+
+def test_queue_unavailable_is_an_emailq_error():
+    assert issubclass(emailq.QueueUnavailable, emailq.EmailqError)
+    assert issubclass(emailq.InvalidMessage, emailq.EmailqError)
+
+
+# --- the web app's import -----------------------------------------------------------
+
+
+def test_importing_producer_does_not_import_worker_or_celery():
+    code = (
+        "import sys, producer\n"
+        "from producer import Producer, send_email, send_many, Email\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('worker', 'celery', 'kombu'))\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
