@@ -94,7 +94,7 @@ def _send_file(path: Path) -> None:
         raise click.BadParameter(error.strerror or str(error), param_hint="--file") from None
     with stream:
         lines = stream.readlines()
-    with click.progressbar(lines, label="validating", file=sys.stderr) as bar:
+    with click.progressbar(lines, label="validating", file=sys.stderr, hidden=not sys.stderr.isatty()) as bar:
         emails, problems = read_emails(bar, producer.validate)
     if problems:
         for problem in problems[:MAX_PROBLEMS_SHOWN]:
@@ -198,15 +198,15 @@ def status(as_json: bool) -> None:
 
     settings = _settings()
     client = connect(settings, timeout=5)
-    store = _dead_letters()
-    replies = app.control.ping(timeout=1.0) or []
-    report = {
+    # Redis first: if it is down, this fails fast with one clear line.
+    report: dict[str, Any] = {
         "queue": settings.queue,
         "queued": client.llen(settings.queue),
         "in_flight": client.hlen("unacked"),
-        "dead_lettered": store.count(),
-        "workers": sorted(name for reply in replies for name in reply),
+        "dead_lettered": _dead_letters().count(),
     }
+    replies = app.control.ping(timeout=1.0) or []
+    report["workers"] = sorted(name for reply in replies for name in reply)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -284,6 +284,7 @@ def _when(timestamp: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every expected error into one line on stderr."""
     import redis
+    from kombu.exceptions import OperationalError
 
     try:
         code = cli.main(args=argv, prog_name="emailq", standalone_mode=False)
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     except EmailqError as error:
         click.echo(f"emailq: {error}", err=True)
         sys.exit(1)
-    except (redis.ConnectionError, redis.TimeoutError) as error:
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as error:
         click.echo(f"emailq: Redis is unreachable ({error}); check EMAILQ_REDIS_URL", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
