@@ -1,0 +1,1 @@
+"""emailq's benchmark suite: `python -m benchmarks` (see benchmarks/run.py)."""

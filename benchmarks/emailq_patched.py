@@ -1,0 +1,165 @@
+"""`emailq worker` with changes that no setting or flag can make: for `benchmarks.tune`
+only, to price a proposed code change to worker/ before anyone makes it. Nothing in
+worker/ is edited; this module adjusts it at start-up.
+
+- BENCH_CELERY_OVERRIDES: JSON of Celery settings applied over emailq's configuration
+  (e.g. `{"worker_send_task_events": false}`).
+- BENCH_SWITCH_INTERVAL: seconds for `sys.setswitchinterval` (the GIL hand-off interval,
+  5 ms by default).
+- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of the shared
+  `httpx.Client`: `urllib3` (a thread-safe urllib3 pool) or `aiohttp` (one asyncio loop in
+  a background thread doing every POST; the task's thread waits for its result). The
+  retry policy, circuit breaker and outcome logic stay emailq's own.
+
+    python -m benchmarks.emailq_patched worker [emailq worker flags]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from worker import delivery, tasks
+from worker.app import app
+from worker.cli import main
+from worker.retry_policy import RetryableStatus, is_retryable_status, parse_retry_after
+from worker.signing import signature_headers
+
+
+@app.on_after_configure.connect
+def _overrides(sender: Any, **_: Any) -> None:
+    sender.conf.update(json.loads(os.environ.get("BENCH_CELERY_OVERRIDES", "{}")))
+
+
+class _OtherClient(delivery.Deliverer):
+    """emailq's Deliverer with the POST itself done by another client."""
+
+    def _headers(self, message_id: str, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": message_id,
+                   "User-Agent": delivery.USER_AGENT}
+        if self.settings.endpoint_authorization is not None:
+            headers["Authorization"] = self.settings.endpoint_authorization.get_secret_value()
+        if self._keys:
+            headers.update(signature_headers(self._keys, message_id, int(time.time()), body))
+        return headers
+
+    @staticmethod
+    def _judge(status: int, raw: bytes, retry_after: str | None) -> int:
+        if 200 <= status < 300:
+            return status
+        excerpt = delivery._excerpt(raw)
+        if is_retryable_status(status):
+            raise RetryableStatus(status, excerpt, parse_retry_after(retry_after))
+        raise delivery._Rejected(status, excerpt)
+
+
+class Urllib3Deliverer(_OtherClient):
+    def __init__(self, settings: Any):
+        import urllib3
+
+        super().__init__(settings)
+        self._errors = urllib3.exceptions.HTTPError
+        self._pool = urllib3.PoolManager(
+            maxsize=settings.concurrency,
+            timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.request_timeout),
+            retries=False,
+        )
+
+    def _post(self, message_id: str, body: bytes) -> int:
+        try:
+            response = self._pool.request(
+                "POST", self._url, body=body, headers=self._headers(message_id, body),
+                preload_content=False, redirect=False,
+            )
+            raw = response.read(self.settings.max_response_bytes)
+            response.release_conn()
+        except self._errors as error:
+            raise httpx.TransportError(str(error)) from None
+        return self._judge(response.status, raw, response.headers.get("Retry-After"))
+
+
+class AiohttpDeliverer(_OtherClient):
+    def __init__(self, settings: Any):
+        import aiohttp
+
+        super().__init__(settings)
+        self._aiohttp = aiohttp
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="http-loop", daemon=True).start()
+        self._session = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+
+    async def _open(self) -> Any:
+        aiohttp = self._aiohttp
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
+            timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout,
+                                          sock_read=self.settings.request_timeout),
+        )
+
+    async def _apost(self, message_id: str, body: bytes) -> tuple[int, bytes, str | None]:
+        async with self._session.post(self._url, data=body, headers=self._headers(message_id, body),
+                                      allow_redirects=False) as response:
+            raw = await response.content.read(self.settings.max_response_bytes)
+            return response.status, raw, response.headers.get("Retry-After")
+
+    def _post(self, message_id: str, body: bytes) -> int:
+        future = asyncio.run_coroutine_threadsafe(self._apost(message_id, body), self._loop)
+        try:
+            status, raw, retry_after = future.result()
+        except (self._aiohttp.ClientError, TimeoutError) as error:
+            raise httpx.TransportError(str(error)) from None
+        return self._judge(status, raw, retry_after)
+
+
+class ThreadLocalHttpxDeliverer(delivery.Deliverer):
+    """emailq's own httpx code, but one `httpx.Client` per thread: no shared pool to contend for."""
+
+    def __init__(self, settings: Any):
+        self._local = threading.local()
+        self._timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+        super().__init__(settings)
+
+    @property  # type: ignore[override]
+    def _client(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(
+                timeout=self._timeout, follow_redirects=False, headers={"User-Agent": delivery.USER_AGENT}
+            )
+        return client
+
+    @_client.setter
+    def _client(self, shared: httpx.Client) -> None:
+        shared.close()  # the one Deliverer.__init__ makes; each thread gets its own instead
+
+
+_CLIENTS = {"urllib3": Urllib3Deliverer, "aiohttp": AiohttpDeliverer, "httpx-local": ThreadLocalHttpxDeliverer}
+
+
+def _patch() -> None:
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+    client = os.environ.get("BENCH_CLIENT")
+    if client:
+        kind = _CLIENTS[client]
+        lock, made = threading.Lock(), []
+
+        def deliverer() -> delivery.Deliverer:
+            with lock:
+                if not made:
+                    made.append(kind(tasks.get_settings()))
+                return made[0]
+
+        tasks.deliverer = deliverer
+
+
+if __name__ == "__main__":
+    _patch()
+    main(sys.argv[1:])

@@ -1,0 +1,57 @@
+"""What enqueueing costs a web app: `Producer.send` one at a time, `Producer.send_many` in
+bulk, and, for reference, the naive pattern's `task.delay()`. The queues here have no
+consumer; they are deleted afterwards."""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.harness import RedisServer, median, percentile
+from benchmarks.messages import email_body
+from producer.enqueue import Producer
+from producer.settings import Settings
+
+QUEUE = "bench-enqueue"
+
+
+def _one_at_a_time(call, items: list, warmup: int = 100) -> dict[str, float]:
+    for item in items[:warmup]:
+        call(item)
+    took = []
+    for item in items[warmup:]:
+        start = time.perf_counter()
+        call(item)
+        took.append(time.perf_counter() - start)
+    return {
+        "n": len(took),
+        "p50_us": percentile(took, 50) * 1e6,
+        "p99_us": percentile(took, 99) * 1e6,
+        "mean_us": sum(took) / len(took) * 1e6,
+    }
+
+
+def measure(redis_server: RedisServer, db: int, sends: int = 2000, bulk: int = 10000, reps: int = 3) -> dict:
+    client = redis_server.client(db)
+    producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=QUEUE))
+    emails = [email_body(f"enq-{i}", i) for i in range(max(sends, bulk) + 100)]
+    result: dict = {}
+
+    result["send"] = _one_at_a_time(producer.send, emails[: sends + 100])
+    client.delete(QUEUE)
+
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        producer.send_many(emails[:bulk])
+        rates.append(bulk / (time.perf_counter() - start))
+        client.delete(QUEUE)
+    result["send_many"] = {"batch": bulk, "emails_per_s": median(rates), "runs": rates}
+
+    from benchmarks import naive
+
+    naive.app.conf.broker_url = redis_server.url(db)
+    naive.app.conf.task_default_queue = QUEUE
+    result["celery_delay"] = _one_at_a_time(naive.send_email.delay, emails[: min(sends, 1000) + 100])
+    client.delete(QUEUE)
+    producer.close()
+    return result

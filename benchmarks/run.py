@@ -1,0 +1,273 @@
+"""Run the benchmark suite and print its Markdown table.
+
+    .venv/bin/python -m benchmarks          # or: python benchmarks/run.py
+    .venv/bin/python -m benchmarks --quick  # one rep, fewer messages: a smoke test
+
+Every contender's worker runs at once (each idle but the one measured), each on its own
+Redis database and queue; reps are interleaved (rep 1 of every cell, then rep 2, ...) so
+that a noisy neighbour hits every contender alike, and each figure is the median of the
+reps. Writes benchmarks/results/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+if not __package__:  # `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import cells as c  # noqa: E402
+from benchmarks import enqueue_cost, report  # noqa: E402
+from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LATENCIES_MS = (0, 50)
+WARMUP = 64
+PACED_SECONDS = 3.0
+PACED_MAX_RATE = 200.0
+STALL_SECONDS = 30.0
+
+
+def messages_for(cell: c.Cell, quick: bool) -> int:
+    """Enough for a few seconds of each contender; the slow ones get fewer."""
+    slow_at_50 = cell.latency_ms and cell.name in ("naive", "floor-prefork")
+    n = 120 if slow_at_50 else 200 if cell.name == "naive" else 2000
+    return max(100, n // 4) if quick else n
+
+
+def wait_delivered(cell: c.Cell, n: int) -> int:
+    """Poll the cell's sink until `n` arrived; give up after STALL_SECONDS without progress."""
+    seen, since = -1, time.monotonic()
+    while True:
+        count = cell.sink.count()
+        if count >= n:
+            return count
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif time.monotonic() - since > STALL_SECONDS:
+            log(f"  {cell.key}: stalled at {count}/{n}")
+            return count
+        if cell.proc is not None and not cell.proc.alive() and not isinstance(cell, c.Limit):
+            raise RuntimeError(f"{cell.key} died:\n{cell.proc.tail()}")
+        time.sleep(0.02)
+
+
+def run_once(cell: c.Cell, prefix: str, n: int, rate: float = 0.0) -> dict:
+    """One run: n messages, all at once (rate 0) or paced at `rate`/s; what arrived, and when."""
+    bids = [f"{prefix}{i}" for i in range(n)]
+    cpu = 0.0
+    if isinstance(cell, c.Limit):
+        proc = cell.start(prefix, n, rate)
+        with PeakRss(proc.rss) as memory:
+            result = cell.result()
+        keys, created, enqueued_at, cpu = bids, result["created"], result["start"], result["cpu"]
+    else:
+        assert cell.proc is not None
+        prepared = cell.prepare(bids)
+        cpu0 = cell.proc.cpu_seconds()
+        with PeakRss(cell.proc.rss) as memory:
+            if rate:
+                keys, created, enqueued_at = [], [], time.time()
+                for i, item in enumerate(prepared):
+                    delay = enqueued_at + i / rate - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                    created.append(time.time())
+                    keys.append(cell.enqueue_one(item))
+            else:
+                keys, enqueued_at = cell.enqueue(prepared)
+                created = [enqueued_at] * n
+            wait_delivered(cell, n)
+        cpu = cell.proc.cpu_seconds() - cpu0
+    got, times = cell.sink.collect()
+    arrived = dict(zip(got, times))
+    when = [arrived[k] for k in keys if k in arrived]
+    latencies = [arrived[k] - t for k, t in zip(keys, created) if k in arrived]
+    span = max(when) - min(when) if len(when) > 1 else float("nan")
+    return {
+        "n": n,
+        "delivered": len(when),
+        "duplicates": len(got) - len(arrived),
+        "strays": len(set(got) - set(keys)),
+        "rate": (len(when) - 1) / span if span and span == span else float("nan"),
+        "rate_from_enqueue": len(when) / (max(when) - enqueued_at) if when else float("nan"),
+        "latency_p50_ms": percentile(latencies, 50) * 1000,
+        "latency_p99_ms": percentile(latencies, 99) * 1000,
+        "latency_max_ms": max(latencies) * 1000 if latencies else float("nan"),
+        "peak_rss_mb": memory.peak / 2**20,
+        "cpu_us_per_msg": cpu / max(1, len(when)) * 1e6,
+    }
+
+
+def summarize(cell: c.Cell, runs: list[dict], paced: dict | None) -> dict:
+    def med(field: str) -> float:
+        return median([r[field] for r in runs])
+
+    return {
+        "contender": cell.name,
+        "label": cell.label,
+        "latency_ms": cell.latency_ms,
+        "messages": runs[0]["n"] if runs else 0,
+        "rate": med("rate"),
+        "rates": [r["rate"] for r in runs],
+        "rate_from_enqueue": med("rate_from_enqueue"),
+        "burst_latency_p50_ms": med("latency_p50_ms"),
+        "burst_latency_p99_ms": med("latency_p99_ms"),
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in runs), default=float("nan")),
+        "cpu_us_per_msg": med("cpu_us_per_msg"),
+        "lost": sum(r["n"] - r["delivered"] for r in runs),
+        "duplicates": sum(r["duplicates"] for r in runs),
+        "paced": paced,
+        "runs": runs,
+    }
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def build_cells(redis_server: RedisServer, endpoints: dict, workdir: Path) -> list[c.Cell]:
+    cells: list[c.Cell] = []
+    db = 1
+    for latency in LATENCIES_MS:
+        endpoint = endpoints[latency]
+        for kind in (c.Naive, c.FloorPrefork, c.FloorThreads, c.Emailq):
+            cells.append(kind(latency, endpoint, redis_server, db, workdir))
+            db += 1
+        for client in ("aiohttp", "httpx"):
+            cells.append(c.Limit(latency, endpoint, workdir, client))
+    return cells
+
+
+def bench(cells: list[c.Cell], reps: int, quick: bool, paced: bool = True, count: int | None = None) -> list[dict]:
+    """Warm every cell up, run the interleaved reps, then one paced run each."""
+    for cell in cells:
+        log(f"warming up {cell.key}")
+        result = run_once(cell, f"{cell.key}-warm-", WARMUP)
+        if result["delivered"] < WARMUP:
+            raise RuntimeError(f"{cell.key} did not warm up:\n{cell.proc.tail() if cell.proc else ''}")
+    runs: dict[str, list[dict]] = {cell.key: [] for cell in cells}
+    for rep in range(reps):
+        for cell in cells:
+            result = run_once(cell, f"{cell.key}-r{rep}-", count or messages_for(cell, quick))
+            runs[cell.key].append(result)
+            log(f"rep {rep + 1}/{reps} {cell.key:28} {result['rate']:8.0f}/s  "
+                f"rss {result['peak_rss_mb']:6.1f} MB  cpu {result['cpu_us_per_msg']:6.0f} us/msg"
+                + (f"  LOST {result['n'] - result['delivered']}" if result["delivered"] < result["n"] else ""))
+            time.sleep(0.3)
+    summaries = []
+    for cell in cells:
+        paced_result = None
+        if paced:
+            rate = min(PACED_MAX_RATE, median([r["rate"] for r in runs[cell.key]]) / 2)
+            n = max(20, int(rate * PACED_SECONDS))
+            paced_result = run_once(cell, f"{cell.key}-paced-", n, rate)
+            paced_result["offered_rate"] = rate
+            log(f"paced {cell.key:28} {rate:6.0f}/s offered  p50 {paced_result['latency_p50_ms']:7.1f} ms"
+                f"  p99 {paced_result['latency_p99_ms']:7.1f} ms")
+        summaries.append(summarize(cell, runs[cell.key], paced_result))
+    return summaries
+
+
+class ForeignLoad:
+    """How busy the machine is with processes other than the suite's (a shared machine is noisy).
+
+    Counts the suite's own CPU through `os.times()`, which includes every child once reaped.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        system = psutil.cpu_times()
+        busy = sum(system) - system.idle - getattr(system, "iowait", 0.0)
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system + own.children_user + own.children_system
+
+    def share(self) -> float:
+        """The others' CPU since creation, as a share of all cores' time."""
+        (t0, busy0, mine0), (t1, busy1, mine1) = self._start, self._sample()
+        capacity = (t1 - t0) * (os.cpu_count() or 1)
+        return max(0.0, (busy1 - busy0) - (mine1 - mine0)) / capacity if capacity else 0.0
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_average": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="emailq benchmarks")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one rep, fewer messages")
+    parser.add_argument("--no-paced", action="store_true", help="skip the paced latency runs")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    reps = 1 if args.quick else args.reps
+
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="emailq-bench-"))
+    log(f"work directory: {workdir}")
+    stoppable: list = []
+    foreign = ForeignLoad()
+    try:
+        redis_server = RedisServer(workdir)
+        stoppable.append(redis_server)
+        endpoints = {ms: Endpoint(ms, workdir) for ms in LATENCIES_MS}
+        stoppable.extend(endpoints.values())
+        cells = build_cells(redis_server, endpoints, workdir)
+        stoppable.extend(cells)
+        results = bench(cells, reps, args.quick, paced=not args.no_paced)
+        log("measuring enqueue cost")
+        enqueue = enqueue_cost.measure(redis_server, db=60)
+    finally:
+        for item in reversed(stoppable):
+            item.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    data = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.time() - started, 1),
+        "machine": machine(),
+        "foreign_cpu_share": foreign.share(),
+        "reps": reps,
+        "results": results,
+        "enqueue": enqueue,
+    }
+    # A smoke test must not replace the last full run's results.
+    stem = "quick" if args.quick else "latest"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    text = report.markdown(data)
+    (RESULTS / f"{stem}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
