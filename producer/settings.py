@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
     ingest_authorization: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
+    # Celery task events for Flower: only dead letters (cheap), or every task.
+    task_events: Literal["failures", "all"] = "failures"
     # The worker's Prometheus endpoint; 0 turns it off (the ingest serves /metrics itself).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"

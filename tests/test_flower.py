@@ -48,9 +48,10 @@ def test_flower_requires_basic_auth(flower):
     assert httpx.get(flower + "/api/workers", auth=AUTH).status_code == 200
 
 
-def test_dead_lettered_email_is_a_failed_task_with_its_reason(flower, producer, endpoint, start_worker):
+@pytest.mark.parametrize("task_events", ["failures", "all"])
+def test_dead_lettered_email_is_a_failed_task_with_its_reason(flower, producer, endpoint, start_worker, task_events):
     endpoint.behave = lambda headers, body: Reply(404, body=b"no such template")
-    start_worker()
+    start_worker(env={"EMAILQ_TASK_EVENTS": task_events})
     message_id = producer.send(SIGN_IN)
 
     def failed_task():

@@ -43,7 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_pool": "threads",
         "worker_concurrency": settings.concurrency,
-        "worker_send_task_events": True,
+        # Flower still lists every dead letter: see worker.failure_events.
+        "worker_send_task_events": settings.task_events == "all",
         "worker_consumer": "worker.consumer:Consumer",
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

@@ -31,9 +31,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Each logs a line per email at INFO (request, received, succeeded); the worker logs its
+# own one line per outcome instead, with the message id.
+_PER_EMAIL_LOGGERS = ("httpx", "celery.app.trace", "celery.worker.strategy")
+
+
 def configure_logging(logger: logging.Logger) -> None:
-    # httpx logs every request line at INFO; the worker logs its own outcome per email.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in _PER_EMAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if get_settings().log_format == "json":
         for handler in logger.handlers:
             handler.setFormatter(JsonFormatter())

@@ -24,6 +24,7 @@ from producer.task_message import TASK_NAME
 from worker.app import app
 from worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
 from worker.delivery import Deliverer, Outcome
+from worker.failure_events import FailureEvents
 
 log = logging.getLogger("emailq.worker")
 T = TypeVar("T")
@@ -58,8 +59,13 @@ def dead_letters() -> DeadLetters:
     return DeadLetters(client, settings.queue)
 
 
-@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(DeadLettered,))
-def deliver(envelope: Any) -> None:
+@_one_per_process
+def failure_events() -> FailureEvents:
+    return FailureEvents(app)
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(DeadLettered,))
+def deliver(task: Any, envelope: Any) -> None:
     try:
         parsed = Envelope.model_validate(envelope)
     except ValidationError as error:
@@ -82,7 +88,11 @@ def deliver(envelope: Any) -> None:
         entry = _entry(parsed, outcome)
     dead_letters().add(entry)
     metrics.DEAD_LETTERED.labels(entry.reason).inc()
-    raise DeadLettered(entry.summary())
+    error = DeadLettered(entry.summary())
+    log.warning("dead-lettered %s: %s", entry.id, error)
+    if get_settings().task_events == "failures":
+        failure_events().announce(task.request, repr(error))
+    raise error
 
 
 def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
@@ -100,8 +110,6 @@ def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
 
 
 def _id_of(envelope: Any) -> str:
-    from celery import current_task
-
     if isinstance(envelope, dict) and isinstance(envelope.get("id"), str):
         return envelope["id"]
-    return current_task.request.id
+    return deliver.request.id
