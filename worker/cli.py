@@ -46,6 +46,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     settings = _settings()
     if settings.endpoint_url is None:
         raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
+    _require_blmove(settings)
     from worker.app import app
 
     argv = [
@@ -58,6 +59,18 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
         *ctx.args,
     ]
     app.worker_main(argv)
+
+
+def _require_blmove(settings: Settings) -> None:
+    import redis
+
+    try:
+        version = connect(settings, timeout=2).info("server")["redis_version"]
+    except redis.RedisError:
+        return  # unreachable for now: the worker waits for it and says so
+    if tuple(int(part) for part in version.split(".")[:2]) < (6, 2):
+        # The worker pops with BLMOVE, which came in Redis 6.2.
+        raise ConfigError(f"EMAILQ_REDIS_URL: the worker needs Redis 6.2 or newer; this one is {version}")
 
 
 @cli.command()
