@@ -6,9 +6,10 @@ worker/ is edited; this module adjusts it at start-up.
   (e.g. `{"worker_send_task_events": false}`).
 - BENCH_SWITCH_INTERVAL: seconds for `sys.setswitchinterval` (the GIL hand-off interval,
   5 ms by default).
-- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of the shared
-  `httpx.Client`: `urllib3` (a thread-safe urllib3 pool) or `aiohttp` (one asyncio loop in
-  a background thread doing every POST; the task's thread waits for its result). The
+- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of emailq's urllib3-pooled
+  transport: `httpx-pool` (httpx's own pool, shared by all threads), `httpx-local` (one
+  httpx pool per thread) or `aiohttp` (one asyncio loop in a background thread doing every
+  POST; the task's thread waits for its result). The
   retry policy, circuit breaker and outcome logic stay emailq's own.
 
     python -m benchmarks.emailq_patched worker [emailq worker flags]
@@ -60,31 +61,6 @@ class _OtherClient(delivery.Deliverer):
         raise delivery._Rejected(status, excerpt)
 
 
-class Urllib3Deliverer(_OtherClient):
-    def __init__(self, settings: Any):
-        import urllib3
-
-        super().__init__(settings)
-        self._errors = urllib3.exceptions.HTTPError
-        self._pool = urllib3.PoolManager(
-            maxsize=settings.concurrency,
-            timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.request_timeout),
-            retries=False,
-        )
-
-    def _post(self, message_id: str, body: bytes) -> int:
-        try:
-            response = self._pool.request(
-                "POST", self._url, body=body, headers=self._headers(message_id, body),
-                preload_content=False, redirect=False,
-            )
-            raw = response.read(self.settings.max_response_bytes)
-            response.release_conn()
-        except self._errors as error:
-            raise httpx.TransportError(str(error)) from None
-        return self._judge(response.status, raw, response.headers.get("Retry-After"))
-
-
 class AiohttpDeliverer(_OtherClient):
     def __init__(self, settings: Any):
         import aiohttp
@@ -118,29 +94,33 @@ class AiohttpDeliverer(_OtherClient):
         return self._judge(status, raw, retry_after)
 
 
-class ThreadLocalHttpxDeliverer(delivery.Deliverer):
-    """emailq's own httpx code, but one `httpx.Client` per thread: no shared pool to contend for."""
+class HttpxPoolDeliverer(delivery.Deliverer):
+    """emailq's Deliverer over httpx's own connection pool (httpcore), shared by all threads."""
 
     def __init__(self, settings: Any):
+        limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+        super().__init__(settings, transport=httpx.HTTPTransport(limits=limits))
+
+
+class _TransportPerThread(httpx.BaseTransport):
+    def __init__(self) -> None:
         self._local = threading.local()
-        self._timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
-        super().__init__(settings)
 
-    @property  # type: ignore[override]
-    def _client(self) -> httpx.Client:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = httpx.Client(
-                timeout=self._timeout, follow_redirects=False, headers={"User-Agent": delivery.USER_AGENT}
-            )
-        return client
-
-    @_client.setter
-    def _client(self, shared: httpx.Client) -> None:
-        shared.close()  # the one Deliverer.__init__ makes; each thread gets its own instead
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._local.transport = httpx.HTTPTransport()
+        return transport.handle_request(request)
 
 
-_CLIENTS = {"urllib3": Urllib3Deliverer, "aiohttp": AiohttpDeliverer, "httpx-local": ThreadLocalHttpxDeliverer}
+class ThreadLocalHttpxDeliverer(delivery.Deliverer):
+    """emailq's Deliverer over one httpx pool per thread: no shared pool to contend for."""
+
+    def __init__(self, settings: Any):
+        super().__init__(settings, transport=_TransportPerThread())
+
+
+_CLIENTS = {"httpx-pool": HttpxPoolDeliverer, "aiohttp": AiohttpDeliverer, "httpx-local": ThreadLocalHttpxDeliverer}
 
 
 def _patch() -> None:

@@ -25,11 +25,10 @@ from benchmarks.harness import Endpoint, RedisServer
 from benchmarks.report import _num, _percent, _times, rep_ratio
 from benchmarks.run import LATENCIES_MS, RESULTS, ForeignLoad, bench, log, machine
 
-EVENTS_OFF = json.dumps({"worker_send_task_events": False})
+EVENTS_ALL = {"EMAILQ_TASK_EVENTS": "all"}
 
 WARNING = ["--loglevel", "WARNING"]
 MESSAGES = 1500  # per cell and rep: 32 cells x 3 reps stay near ten minutes
-LEAN_FLOOR = {"BENCH_CELERY_OVERRIDES": EVENTS_OFF}
 
 
 class Variant(NamedTuple):
@@ -48,24 +47,18 @@ VARIANTS = [
     Variant("eq-prefetch4", "emailq --prefetch-multiplier 4", "emailq", {}, ["--prefetch-multiplier", "4"]),
     Variant("eq-c16", "emailq, EMAILQ_CONCURRENCY=16", "emailq", {"EMAILQ_CONCURRENCY": "16"}, [], floor="floor-c16"),
     Variant("eq-c32", "emailq, EMAILQ_CONCURRENCY=32", "emailq", {"EMAILQ_CONCURRENCY": "32"}, [], floor="floor-c32"),
+    Variant("eq-events-all", "emailq, EMAILQ_TASK_EVENTS=all", "emailq", EVENTS_ALL, [], floor="floor-events-all"),
     Variant("floor-threads", "floor, emailq's setup", "floor", {}, []),
     Variant("floor-warning", "floor, -l WARNING", "floor", {}, ["--loglevel=WARNING"]),
     Variant("floor-c16", "floor, concurrency 16", "floor", {"EMAILQ_CONCURRENCY": "16"}, []),
     Variant("floor-c32", "floor, concurrency 32", "floor", {"EMAILQ_CONCURRENCY": "32"}, []),
-    Variant("floor-no-events", "floor, task events off", "floor", LEAN_FLOOR, [], True),
-    Variant("floor-lean", "floor, task events off, -l WARNING", "floor", LEAN_FLOOR, ["--loglevel=WARNING"], True),
-    Variant("eq-no-events", "emailq, task events off", "emailq",
-            {"BENCH_CELERY_OVERRIDES": EVENTS_OFF}, [], True, "floor-no-events"),
-    Variant("eq-lean", "emailq, task events off, -l WARNING", "emailq",
-            {"BENCH_CELERY_OVERRIDES": EVENTS_OFF}, WARNING, True, "floor-lean"),
-    Variant("eq-urllib3", "emailq, urllib3 pool instead of httpx", "emailq", {"BENCH_CLIENT": "urllib3"}, [], True),
-    Variant("eq-aiohttp", "emailq, POSTs on one aiohttp loop", "emailq", {"BENCH_CLIENT": "aiohttp"}, [], True),
-    Variant("eq-httpx-local", "emailq, one httpx.Client per thread", "emailq",
+    Variant("floor-events-all", "floor, every task event", "floor", EVENTS_ALL, []),
+    Variant("eq-httpx-pool", "emailq, httpx's own shared pool", "emailq", {"BENCH_CLIENT": "httpx-pool"}, [], True),
+    Variant("eq-httpx-local", "emailq, one httpx pool per thread", "emailq",
             {"BENCH_CLIENT": "httpx-local"}, [], True),
-    Variant("eq-urllib3-lean", "emailq, urllib3, task events off, -l WARNING", "emailq",
-            {"BENCH_CLIENT": "urllib3", "BENCH_CELERY_OVERRIDES": EVENTS_OFF}, WARNING, True, "floor-lean"),
-    Variant("eq-aiohttp-lean", "emailq, aiohttp loop, task events off, -l WARNING", "emailq",
-            {"BENCH_CLIENT": "aiohttp", "BENCH_CELERY_OVERRIDES": EVENTS_OFF}, WARNING, True, "floor-lean"),
+    Variant("eq-aiohttp", "emailq, POSTs on one aiohttp loop", "emailq", {"BENCH_CLIENT": "aiohttp"}, [], True),
+    Variant("eq-aiohttp-warning", "emailq, aiohttp loop, -l WARNING", "emailq",
+            {"BENCH_CLIENT": "aiohttp"}, WARNING, True, "floor-warning"),
 ]
 
 
