@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,18 @@ from producer.enqueue import Producer, connect
 from producer.errors import ConfigError, EmailqError, InvalidMessage
 from producer.jsonl import read_emails
 from producer.settings import Settings, get_settings
+from worker.dlq_commands import dead_letters, dlq
 
 MAX_PROBLEMS_SHOWN = 1000
-
-
-def _settings() -> Settings:
-    return get_settings()
-
-
-def _dead_letters():
-    from worker.dead_letters import DeadLetters
-
-    settings = _settings()
-    return DeadLetters(connect(settings, timeout=5), settings.queue)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="emailq")
 def cli() -> None:
     """emailq: a durable HTTP email dispatcher (Redis + Celery), configured by EMAILQ_* variables."""
+
+
+cli.add_command(dlq)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -43,7 +35,7 @@ def cli() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, queues: str | None, loglevel: str) -> None:
     """Run a worker; any other Celery worker flag is passed through."""
-    settings = _settings()
+    settings = get_settings()
     if settings.endpoint_url is None:
         raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
     _require_blmove(settings)
@@ -94,13 +86,13 @@ def send(to: str | None, type_: str | None, payload: str, ip: str | None, file_:
         raise click.BadParameter(f"not JSON ({error.msg})", param_hint="--payload") from None
     if ip is not None:
         data["ip"] = ip
-    producer = Producer(_settings())
+    producer = Producer(get_settings())
     producer.validate(data)
     click.echo(producer.send(data))
 
 
 def _send_file(path: Path) -> None:
-    producer = Producer(_settings())
+    producer = Producer(get_settings())
     try:
         stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
     except OSError as error:
@@ -121,102 +113,20 @@ def _send_file(path: Path) -> None:
     click.echo(f"enqueued {len(ids)} email(s)", err=True)
 
 
-@cli.group()
-def dlq() -> None:
-    """Inspect, replay and purge the dead-letter queue."""
-
-
-@dlq.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--limit", type=click.IntRange(1), help="Newest N only.")
-def dlq_list(as_json: bool, limit: int | None) -> None:
-    """Dead-lettered emails, newest first (codes and links masked)."""
-    entries = _dead_letters().list(limit)
-    if as_json:
-        rows = []
-        for entry in entries:
-            row = entry.public()
-            row.pop("raw")
-            rows.append(row)
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not entries:
-        click.echo("the dead-letter queue is empty")
-        return
-    click.echo(f"{'ID':36}  {'FAILED AT (UTC)':19}  {'REASON':9}  {'STATUS':6}  {'ATT':>3}  {'TYPE':16}  TO")
-    for e in entries:
-        click.echo(
-            f"{e.id:36}  {_when(e.failed_at):19}  {e.reason:9}  {str(e.status or '-'):6}  "
-            f"{e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}"
-        )
-
-
-@dlq.command("show")
-@click.argument("message_id")
-@click.option("--reveal", is_flag=True, help="Show one-time codes and links unmasked.")
-def dlq_show(message_id: str, reveal: bool) -> None:
-    """One entry in full, as JSON."""
-    click.echo(json.dumps(_dead_letters().get(message_id).public(reveal), indent=2))
-
-
-@dlq.command("replay")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Replay every entry.")
-def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
-    """Put entries back on the queue with a fresh attempt budget (same id)."""
-    store = _dead_letters()
-    targets = _targets(store, ids, all_)
-    replayed, skipped = store.replay(targets, _settings().message_ttl_seconds)
-    for message_id in skipped:
-        click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
-    click.echo(f"replayed {len(replayed)} email(s)")
-    if skipped and not all_:
-        sys.exit(1)
-
-
-@dlq.command("purge")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Delete every entry.")
-def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
-    """Delete entries for good."""
-    store = _dead_letters()
-    if all_:
-        if ids:
-            raise click.UsageError("give ids or --all, not both")
-        removed = store.purge_all()
-    else:
-        for message_id in _targets(store, ids, all_):
-            store.get(message_id)  # NotFound before anything is deleted
-        removed = store.purge(ids)
-    click.echo(f"purged {removed} email(s)")
-
-
-def _targets(store, ids: tuple[str, ...], all_: bool) -> list[str]:
-    if all_ and ids:
-        raise click.UsageError("give ids or --all, not both")
-    if not all_ and not ids:
-        raise click.UsageError("give one or more ids, or --all")
-    if all_:
-        return store.ids()
-    for message_id in ids:
-        store.get(message_id)  # NotFound names the first unknown id before any move
-    return list(ids)
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json: bool) -> None:
     """Queue depth, in-flight deliveries, DLQ depth and workers online."""
     from worker.app import app
 
-    settings = _settings()
+    settings = get_settings()
     client = connect(settings, timeout=5)
     # Redis first: if it is down, this fails fast with one clear line.
     report: dict[str, Any] = {
         "queue": settings.queue,
         "queued": client.llen(settings.queue),
         "in_flight": client.hlen("unacked"),
-        "dead_lettered": _dead_letters().count(),
+        "dead_lettered": dead_letters().count(),
     }
     replies = app.control.ping(timeout=1.0) or []
     report["workers"] = sorted(name for reply in replies for name in reply)
@@ -233,7 +143,7 @@ def status(as_json: bool) -> None:
 @click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535))
 def serve(host: str, port: int) -> None:
     """Run the HTTP ingest that Logto's HTTP email connector POSTs to."""
-    settings = _settings()
+    settings = get_settings()
     try:
         import uvicorn
 
@@ -249,7 +159,7 @@ def serve(host: str, port: int) -> None:
 @click.pass_context
 def flower(ctx: click.Context, address: str, port: int) -> None:
     """Run Flower on the same broker; any other Flower flag is passed through."""
-    settings = _settings()
+    settings = get_settings()
     try:
         import flower as _  # noqa: F401
     except ImportError:
@@ -287,11 +197,7 @@ def dev(ingest_port: int, flower_port: int, endpoint_port: int) -> None:
     """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""
     from worker import dev as dev_mode
 
-    sys.exit(dev_mode.run(_settings(), ingest_port, flower_port, endpoint_port))
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    sys.exit(dev_mode.run(get_settings(), ingest_port, flower_port, endpoint_port))
 
 
 def main(argv: list[str] | None = None) -> None:
