@@ -6,7 +6,7 @@ worker/ is edited; this module adjusts it at start-up.
   (e.g. `{"worker_send_task_events": false}`).
 - BENCH_SWITCH_INTERVAL: seconds for `sys.setswitchinterval` (the GIL hand-off interval,
   5 ms by default).
-- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of emailq's urllib3-pooled
+- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of emailq's libcurl
   transport: `httpx-pool` (httpx's own pool, shared by all threads), `httpx-local` (one
   httpx pool per thread) or `aiohttp` (one asyncio loop in a background thread doing every
   POST; the task's thread waits for its result). The

@@ -116,6 +116,7 @@ class Received:
     body: bytes
     at: float
     status: int
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per connection
 
     @property
     def json(self) -> Any:
@@ -159,7 +160,7 @@ class Endpoint:
                 if reply.delay:
                     time.sleep(reply.delay)
                 with endpoint._lock:
-                    endpoint.received.append(Received(headers, body, time.time(), reply.status))
+                    endpoint.received.append(Received(headers, body, time.time(), reply.status, self.client_address))
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

@@ -16,7 +16,7 @@ import httpx
 from producer.message import Envelope
 from producer.settings import Settings
 from producer import metrics
-from worker.http_transport import Urllib3Transport
+from worker.http_transport import CurlTransport
 from worker.circuit_breaker import CircuitBreaker, Expired
 from worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status, parse_retry_after
 from worker.signing import decode_secrets, signature_headers
@@ -74,7 +74,7 @@ class Deliverer:
         )
         # The transport directly, not an httpx.Client: the client's per-request work
         # (URL merging, cookies, auth and hook machinery) costs more CPU than the POST.
-        self._transport = transport or Urllib3Transport(settings.concurrency)
+        self._transport = transport or CurlTransport(settings.max_response_bytes)
         self._request_url = httpx.URL(self._url)
         timeout = settings.request_timeout
         self._extensions = {
