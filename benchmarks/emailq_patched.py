@@ -42,7 +42,7 @@ def _overrides(sender: Any, **_: Any) -> None:
 class _OtherClient(delivery.Deliverer):
     """emailq's Deliverer with the POST itself done by another client."""
 
-    def _headers(self, message_id: str, body: bytes) -> dict[str, str]:
+    def _header_dict(self, message_id: str, body: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Idempotency-Key": message_id,
                    "User-Agent": delivery.USER_AGENT}
         if self.settings.endpoint_authorization is not None:
@@ -80,7 +80,7 @@ class AiohttpDeliverer(_OtherClient):
         )
 
     async def _apost(self, message_id: str, body: bytes) -> tuple[int, bytes, str | None]:
-        async with self._session.post(self._url, data=body, headers=self._headers(message_id, body),
+        async with self._session.post(self._url, data=body, headers=self._header_dict(message_id, body),
                                       allow_redirects=False) as response:
             raw = await response.content.read(self.settings.max_response_bytes)
             return response.status, raw, response.headers.get("Retry-After")
@@ -94,30 +94,44 @@ class AiohttpDeliverer(_OtherClient):
         return self._judge(status, raw, retry_after)
 
 
-class HttpxPoolDeliverer(delivery.Deliverer):
-    """emailq's Deliverer over httpx's own connection pool (httpcore), shared by all threads."""
+class HttpxPoolDeliverer(_OtherClient):
+    """emailq's Deliverer over one `httpx.Client`, whose pool (httpcore) all threads share."""
 
     def __init__(self, settings: Any):
-        limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
-        super().__init__(settings, transport=httpx.HTTPTransport(limits=limits))
+        super().__init__(settings)
+        self._timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+        self._shared = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        limits = httpx.Limits(max_connections=self.settings.concurrency,
+                              max_keepalive_connections=self.settings.concurrency)
+        return httpx.Client(timeout=self._timeout, limits=limits, follow_redirects=False)
+
+    def _client(self) -> httpx.Client:
+        return self._shared
+
+    def _post(self, message_id: str, body: bytes) -> int:
+        with self._client().stream("POST", self._url, content=body, headers=self._header_dict(message_id, body)) as r:
+            raw = b""
+            for chunk in r.iter_raw():
+                raw += chunk
+                if len(raw) >= self.settings.max_response_bytes:
+                    break
+            return self._judge(r.status_code, raw, r.headers.get("Retry-After"))
 
 
-class _TransportPerThread(httpx.BaseTransport):
-    def __init__(self) -> None:
+class ThreadLocalHttpxDeliverer(HttpxPoolDeliverer):
+    """As above, but one `httpx.Client` per thread: no shared pool to contend for."""
+
+    def __init__(self, settings: Any):
         self._local = threading.local()
+        super().__init__(settings)
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        transport = getattr(self._local, "transport", None)
-        if transport is None:
-            transport = self._local.transport = httpx.HTTPTransport()
-        return transport.handle_request(request)
-
-
-class ThreadLocalHttpxDeliverer(delivery.Deliverer):
-    """emailq's Deliverer over one httpx pool per thread: no shared pool to contend for."""
-
-    def __init__(self, settings: Any):
-        super().__init__(settings, transport=_TransportPerThread())
+    def _client(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._new_client()
+        return client
 
 
 _CLIENTS = {"httpx-pool": HttpxPoolDeliverer, "aiohttp": AiohttpDeliverer, "httpx-local": ThreadLocalHttpxDeliverer}

@@ -49,15 +49,10 @@ class _Rejected(Exception):
 
 
 class Deliverer:
-    """POSTs emails to `EMAILQ_ENDPOINT_URL` over one keep-alive connection pool, shared
-    by all the worker's threads."""
+    """POSTs emails to `EMAILQ_ENDPOINT_URL` with keep-alive connections; one per worker
+    process, shared by its threads."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        transport: httpx.BaseTransport | None = None,
-        breaker: CircuitBreaker | None = None,
-    ):
+    def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None):
         if settings.endpoint_url is None:
             raise ValueError("EMAILQ_ENDPOINT_URL is required to deliver")
         self.settings = settings
@@ -72,14 +67,10 @@ class Deliverer:
             settings.breaker_probe_seconds,
             on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
         )
-        # The transport directly, not an httpx.Client: the client's per-request work
-        # (URL merging, cookies, auth and hook machinery) costs more CPU than the POST.
-        self._transport = transport or CurlTransport(settings.max_response_bytes)
-        self._request_url = httpx.URL(self._url)
-        timeout = settings.request_timeout
-        self._extensions = {
-            "timeout": {"connect": settings.connect_timeout, "read": timeout, "write": timeout, "pool": timeout}
-        }
+        self._transport = CurlTransport(settings.max_response_bytes)
+        self._headers = ["Content-Type: application/json", f"User-Agent: {USER_AGENT}"]
+        if settings.endpoint_authorization is not None:
+            self._headers.append(f"Authorization: {settings.endpoint_authorization.get_secret_value()}")
 
     def deliver(self, envelope: Envelope) -> Outcome:
         if envelope.expired():
@@ -114,41 +105,20 @@ class Deliverer:
         return "exhausted" if attempts >= self.settings.max_attempts else "expired"
 
     def _post(self, message_id: str, body: bytes) -> int:
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": message_id,
-            "User-Agent": USER_AGENT,
-        }
-        if self.settings.endpoint_authorization is not None:
-            headers["Authorization"] = self.settings.endpoint_authorization.get_secret_value()
+        headers = [*self._headers, f"Idempotency-Key: {message_id}"]
         if self._keys:
-            headers.update(signature_headers(self._keys, message_id, int(time.time()), body))
-        request = httpx.Request(
-            "POST", self._request_url, headers=headers, content=body, extensions=self._extensions
+            signed = signature_headers(self._keys, message_id, int(time.time()), body)
+            headers.extend(f"{name}: {value}" for name, value in signed.items())
+        answer = self._transport.send(
+            "POST", self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout
         )
-        response = self._transport.handle_request(request)
-        try:
-            raw = self._read_capped(response)
-        finally:
-            response.close()
-        status = response.status_code
-        if 200 <= status < 300:
-            return status
-        excerpt = _excerpt(raw)
-        if is_retryable_status(status):
-            raise RetryableStatus(status, excerpt, parse_retry_after(response.headers.get("Retry-After")))
-        raise _Rejected(status, excerpt)
-
-    def _read_capped(self, response: httpx.Response) -> bytes:
-        # An endless or huge body must not hold the worker: keep the first bytes only.
-        limit = self.settings.max_response_bytes
-        chunks, size = [], 0
-        for chunk in response.stream:  # type: ignore[union-attr]
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
-        return b"".join(chunks)[:limit]
+        if 200 <= answer.status < 300:
+            return answer.status
+        excerpt = _excerpt(answer.body)
+        if is_retryable_status(answer.status):
+            retry_after = next((v.decode("latin-1") for n, v in answer.headers if n.lower() == b"retry-after"), None)
+            raise RetryableStatus(answer.status, excerpt, parse_retry_after(retry_after))
+        raise _Rejected(answer.status, excerpt)
 
 
 def _excerpt(raw: bytes) -> str:

@@ -70,7 +70,7 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
     click.echo(f"  ingest    http://{HOST}:{ingest_port}/   (API docs: /docs, metrics: /metrics)")
     click.echo(f"  flower    http://{HOST}:{flower_port}/")
     click.echo("\nSend a first email:")
-    click.echo(f"  emailq send --to you@example.com --type SignIn --payload '{{\"code\": \"123456\"}}'")
+    click.echo("  emailq send --to you@example.com --type SignIn --payload '{\"code\": \"123456\"}'")
     click.echo(
         f"  curl -X POST http://{HOST}:{ingest_port}/ -H 'Content-Type: application/json'{auth} "
         "-d '{\"to\": \"you@example.com\", \"type\": \"SignIn\", \"payload\": {\"code\": \"123456\"}}'\n"

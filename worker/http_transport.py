@@ -4,7 +4,8 @@ A worker is one Python process whose deliveries share one interpreter lock, so t
 POST spends in Python caps its rate. Measured here at 64 threads against a local
 endpoint: httpx's own pool about 3 ms of CPU per POST (encode/httpx#3215), urllib3's
 about 0.3 ms, libcurl about 0.04 ms — it builds, sends and parses the request in C with
-the lock released. The worker keeps httpx's request, response and exception types.
+the lock released. The worker calls `send`, which builds no httpx objects but raises
+httpx's transport exceptions; `handle_request` makes it a transport for any httpx.Client.
 
 Each thread keeps its own curl handle, and with it a keep-alive connection. Redirects are
 never followed; TLS is verified (certifi's bundle, or `SSL_CERT_FILE` when set, as httpx
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import NamedTuple
 
 import certifi
 import httpx
@@ -73,6 +75,12 @@ class _HeaderLines:
         return pairs
 
 
+class Answer(NamedTuple):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes  # at most `max_body_bytes`
+
+
 class CurlTransport(httpx.BaseTransport):
     def __init__(self, max_body_bytes: int):
         self._max_body_bytes = max_body_bytes
@@ -81,42 +89,45 @@ class CurlTransport(httpx.BaseTransport):
         self._handles: list[pycurl.Curl] = []
         self._lock = threading.Lock()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        headers = [f"{name}: {value}" for name, value in request.headers.multi_items()]
+    def send(self, method: str, url: str, headers: list[str], body: bytes, connect: float, timeout: float) -> Answer:
+        """One request; `headers` as `Name: value` lines. The worker's hot path: no httpx
+        objects are built, and errors are httpx's transport exceptions."""
         if any("\r" in line or "\n" in line for line in headers):
             raise httpx.LocalProtocolError("a header value holds a line break")
-        headers.append("Expect:")  # no 100-continue round trip before the body
-        timeouts = request.extensions.get("timeout", {})
-        connect = timeouts.get("connect") or 0
-        read = timeouts.get("read") or 0
-
         curl = self._handle()
-        body, header_lines = _Capped(self._max_body_bytes), _HeaderLines()
-        curl.setopt(pycurl.URL, str(request.url))
-        curl.setopt(pycurl.CUSTOMREQUEST, request.method)
-        curl.setopt(pycurl.POSTFIELDS, request.read())
-        curl.setopt(pycurl.HTTPHEADER, headers)
-        curl.setopt(pycurl.WRITEFUNCTION, body.write)
+        received, header_lines = _Capped(self._max_body_bytes), _HeaderLines()
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.CUSTOMREQUEST, method)
+        curl.setopt(pycurl.POSTFIELDS, body)
+        curl.setopt(pycurl.HTTPHEADER, [*headers, "Expect:"])  # no 100-continue round trip
+        curl.setopt(pycurl.WRITEFUNCTION, received.write)
         curl.setopt(pycurl.HEADERFUNCTION, header_lines.add)
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(connect * 1000))
-        # The read timeout bounds the whole attempt, connect included (curl has no
-        # sub-second idle timeout): an answer trickled byte by byte cannot stretch it.
-        curl.setopt(pycurl.TIMEOUT_MS, int(read * 1000))
+        # One bound for the whole attempt, connect included (curl has no sub-second idle
+        # timeout): an answer trickled byte by byte cannot stretch it.
+        curl.setopt(pycurl.TIMEOUT_MS, int(timeout * 1000))
         try:
             curl.perform()
         except pycurl.error as error:
             code, message = error.args
-            if not (code == pycurl.E_WRITE_ERROR and body.cut):
-                raise _translate(curl, code, message, request.url.scheme == "https") from None
+            if not (code == pycurl.E_WRITE_ERROR and received.cut):
+                raise _translate(curl, code, message, url.startswith("https:")) from None
         finally:
             curl.setopt(pycurl.WRITEFUNCTION, _discard)
             curl.setopt(pycurl.HEADERFUNCTION, _discard)
-        return httpx.Response(
-            status_code=curl.getinfo(pycurl.RESPONSE_CODE),
-            headers=header_lines.items(),
-            content=b"".join(body.chunks),
-            request=request,
+        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), header_lines.items(), b"".join(received.chunks))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        answer = self.send(
+            request.method,
+            str(request.url),
+            [f"{name}: {value}" for name, value in request.headers.multi_items()],
+            request.read(),
+            timeouts.get("connect") or 0,
+            timeouts.get("read") or 0,
         )
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
 
     def close(self) -> None:
         with self._lock:

@@ -67,7 +67,7 @@ def failure_events() -> FailureEvents:
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(DeadLettered,))
 def deliver(task: Any, envelope: Any) -> None:
     try:
-        parsed = Envelope.model_validate(envelope)
+        parsed = Envelope.model_validate(envelope, context={"from_queue": True})
     except ValidationError as error:
         entry = DeadLetter(
             id=_id_of(envelope),
