@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+
+import pytest
 
 from conftest import Reply, wait_for
 from worker.dead_letters import DeadLetters
@@ -149,3 +152,36 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_carries_on(
     wait_for(lambda: store.count() == 2, 10, "two malformed dead letters")
     assert {e.reason for e in store.list()} == {"malformed"}
     assert store.get("broken-1").raw
+
+
+def _queue_raw_envelope(redis_client, queue: str, envelope: dict) -> None:
+    from producer.message import Email, Envelope
+    from producer.task_message import task_message
+
+    message = json.loads(task_message(Envelope.wrap(Email(**SIGN_IN), 60), queue))
+    body = json.loads(base64.b64decode(message["body"]))
+    body[0][0] = envelope
+    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    redis_client.lpush(queue, json.dumps(message))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"message": {**SIGN_IN, "to": "two@example.com, three@example.com"}},
+        {"id": "x\r\nX-Injected: 1"},
+    ],
+    ids=["not-one-address", "id-with-line-break"],
+)
+def test_a_queued_email_the_worker_would_not_send_is_dead_lettered_unsent(
+    producer, endpoint, start_worker, redis_client, change
+):
+    # Written straight to Redis, past the producer's checks.
+    valid = {"id": "raw-1", "created_at": time.time(), "expires_at": time.time() + 60, "message": SIGN_IN}
+    _queue_raw_envelope(redis_client, producer.settings.queue, {**valid, **change})
+    start_worker()
+
+    store = dead_letters(redis_client)
+    wait_for(lambda: store.count() == 1, 20, "a malformed dead letter")
+    assert store.list()[0].reason == "malformed"
+    assert endpoint.received == []
