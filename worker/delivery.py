@@ -18,7 +18,7 @@ from producer.settings import Settings
 from producer import metrics
 from worker.http_transport import CurlTransport
 from worker.circuit_breaker import CircuitBreaker, Expired
-from worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status, parse_retry_after
+from worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status
 from worker.signing import decode_secrets, signature_headers
 
 EXCERPT_CHARS = 300
@@ -109,15 +109,14 @@ class Deliverer:
         if self._keys:
             signed = signature_headers(self._keys, message_id, int(time.time()), body)
             headers.extend(f"{name}: {value}" for name, value in signed.items())
-        answer = self._transport.send(
-            "POST", self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout
+        answer = self._transport.post(
+            self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout
         )
         if 200 <= answer.status < 300:
             return answer.status
         excerpt = _excerpt(answer.body)
         if is_retryable_status(answer.status):
-            retry_after = next((v.decode("latin-1") for n, v in answer.headers if n.lower() == b"retry-after"), None)
-            raise RetryableStatus(answer.status, excerpt, parse_retry_after(retry_after))
+            raise RetryableStatus(answer.status, excerpt, answer.retry_after)
         raise _Rejected(answer.status, excerpt)
 
 
