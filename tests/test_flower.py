@@ -67,12 +67,19 @@ def test_dead_lettered_email_is_a_failed_task_with_its_reason(flower, producer, 
     assert "foo@logto.io" in shown
 
 
-def test_queue_depth_is_visible_in_flower(flower, producer, start_worker):
-    start_worker().stop()  # a worker has announced the queue; none consumes it now
+def test_queue_and_dlq_depths_are_visible_in_flower(flower, producer, start_worker, endpoint):
+    endpoint.behave = lambda headers, body: Reply(422)
+    worker = start_worker()
+    producer.send_many([SIGN_IN] * 2)
+    wait_for(lambda: len(endpoint.received) == 2, 20, "two rejected emails")
+    worker.stop()  # it has announced the queue; none consumes it now
     producer.send_many([SIGN_IN] * 3)
 
-    def depth():
+    def depths():
         queues = httpx.get(flower + "/api/queues/length", auth=AUTH).json()["active_queues"]
-        return {q["name"]: q["messages"] for q in queues}.get("emailq") == 3
+        shown = {q["name"]: q["messages"] for q in queues}
+        return shown if shown.get("emailq") == 3 and shown.get("emailq:dlq") == 2 else None
 
-    wait_for(depth, 20, "Flower to show 3 queued", interval=0.5)
+    wait_for(depths, 20, "Flower to show 3 queued and 2 dead-lettered", interval=0.5)
+    broker_page = httpx.get(flower + "/broker", auth=AUTH).text
+    assert "emailq:dlq" in broker_page

@@ -177,6 +177,9 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     # first applies the lazy configuration, so that it cannot overwrite this change.
     assert app.conf.broker_url
     app.conf.broker_transport = None
+    from worker.flower_queues import show_dead_letters
+
+    show_dead_letters(settings.queue)
     app.start(
         [
             "flower",
