@@ -62,7 +62,9 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
         "ingest": [*emailq, "serve", "--host", HOST, "--port", str(ingest_port)],
         "flower": [*emailq, "flower", "--address", HOST, "--port", str(flower_port)],
     }
-    running = {name: subprocess.Popen(argv, env=env) for name, argv in processes.items()}
+    # Each in its own session: Ctrl-C reaches only this process, which then stops each
+    # child once, in order, rather than every process catching the signal at once.
+    running = {name: subprocess.Popen(argv, env=env, start_new_session=True) for name, argv in processes.items()}
     auth = f" -H 'Authorization: {'<EMAILQ_INGEST_AUTHORIZATION>'}'" if settings.ingest_authorization else ""
     click.secho("\nemailq dev is running (Ctrl-C stops everything):", bold=True)
     click.echo(f"  redis     {redis_note}")
