@@ -68,7 +68,7 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self._consumer_id = uuid.uuid4().hex
         self._alive_key = f"_emailq.alive:{self._consumer_id}"
-        self._inboxes: set[str] = set()
+        self._inboxes: dict[str, str] = {}  # inbox key -> its member of INBOXES
         self._popped: tuple[str, bytes] | None = None
         self._brpop_queue: str | None = None
         # Refreshed on every restore tick; a few missed ticks mean the consumer is dead,
@@ -78,10 +78,11 @@ class Channel(kombu_redis.Channel):
     def _inbox(self, queue: str) -> str:
         inbox = f"{queue}:inbox:{self._consumer_id}"
         if inbox not in self._inboxes:
+            member = json.dumps([queue, inbox, self._alive_key])
             with self.conn_or_acquire() as client:
                 client.set(self._alive_key, 1, ex=self._alive_seconds)
-                client.sadd(INBOXES, json.dumps([queue, inbox, self._alive_key]))
-            self._inboxes.add(inbox)
+                client.sadd(INBOXES, member)
+            self._inboxes[inbox] = member
         return inbox
 
     def _brpop_start(self, timeout: Any = None) -> None:
@@ -137,6 +138,9 @@ class Channel(kombu_redis.Channel):
         with self.conn_or_acquire() as client:
             if self._inboxes:
                 client.set(self._alive_key, 1, ex=self._alive_seconds)
+                # Again each time: a consumer stalled past its key's expiry was swept and
+                # unregistered, and a Redis restored without this set forgot it.
+                client.sadd(INBOXES, *self._inboxes.values())
             for member in client.smembers(INBOXES):
                 queue, inbox, alive = json.loads(member)
                 if client.exists(alive):
