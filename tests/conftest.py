@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 
+from producer import embedded_redis
 from producer.embedded_redis import redis_server_binary
 from producer.enqueue import Producer
 from producer.settings import Settings
@@ -224,6 +225,14 @@ def endpoint() -> Iterator[Endpoint]:
     server = Endpoint()
     yield server
     server.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory for the embedded Redis, whose server is stopped afterwards."""
+    directory = tmp_path / "data"
+    yield directory
+    embedded_redis.stop(directory)
 
 
 @pytest.fixture

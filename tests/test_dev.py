@@ -10,19 +10,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from conftest import EMAILQ, free_port, wait_for
-from producer import embedded_redis
 
 SIGN_IN = {"to": "you@example.com", "type": "SignIn", "payload": {"code": "123456"}}
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path):
-    directory = tmp_path / "data"
-    yield directory
-    embedded_redis.stop(directory)
 
 
 def test_dev_delivers_a_first_email_and_stops_on_ctrl_c(data_dir: Path, tmp_path: Path):

@@ -5,20 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import redis
 
 from conftest import run_emailq
 from producer import embedded_redis
 
 SEND = ["send", "--to", "foo@logto.io", "--type", "SignIn", "--payload", '{"code": "1"}']
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path):
-    directory = tmp_path / "data"
-    yield directory
-    embedded_redis.stop(directory)
 
 
 def test_commands_share_one_embedded_redis_with_persistence(data_dir: Path, tmp_path: Path):

@@ -9,8 +9,6 @@ message's expiry.
 
 from __future__ import annotations
 
-import email.utils
-import time
 
 import httpx
 import tenacity
@@ -32,22 +30,6 @@ class RetryableStatus(Exception):
         self.excerpt = excerpt
         self.retry_after = retry_after
         super().__init__(f"HTTP {status}")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class wait_retry_after:
