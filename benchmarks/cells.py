@@ -15,8 +15,8 @@ from typing import Any
 
 from benchmarks.harness import BIN, PYTHON, Endpoint, FileSink, Proc, RedisServer, clean_env
 from benchmarks.messages import FLOOR_TASK, NAIVE_TASK, celery_message, email_body
-from producer.enqueue import Producer
-from producer.settings import Settings
+from emailq.enqueue import Producer
+from emailq.settings import Settings
 
 _CHUNK = 1000
 CORES = 2

@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 
-from worker import delivery, tasks
-from worker.app import app
-from worker.cli import main
-from worker.retry_policy import RetryableStatus, is_retryable_status
-from worker.signing import signature_headers
+from emailq.worker import delivery, tasks
+from emailq.worker.app import app
+from emailq.worker.cli import main
+from emailq.worker.retry_policy import RetryableStatus, is_retryable_status
+from emailq.worker.signing import signature_headers
 
 
 @app.on_after_configure.connect

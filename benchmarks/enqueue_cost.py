@@ -8,8 +8,8 @@ import time
 
 from benchmarks.harness import RedisServer, median, percentile
 from benchmarks.messages import email_body
-from producer.enqueue import Producer
-from producer.settings import Settings
+from emailq.enqueue import Producer
+from emailq.settings import Settings
 
 QUEUE = "bench-enqueue"
 

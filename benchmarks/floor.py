@@ -33,8 +33,8 @@ def _app() -> Celery:
         app = Celery("floor", broker=os.environ["BENCH_REDIS_URL"])
         app.conf.task_default_queue = os.environ["BENCH_QUEUE"]
         return app
-    from producer.settings import get_settings
-    from worker.app import celery_config
+    from emailq.settings import get_settings
+    from emailq.worker.app import celery_config
 
     app = Celery("floor")
     app.conf.update(celery_config(get_settings()))

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import redis
 
-from producer.embedded_redis import redis_server_binary
+from emailq.embedded_redis import redis_server_binary
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

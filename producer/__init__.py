@@ -1,15 +1,15 @@
 """What a web app imports to send email through emailq (no worker code needed)."""
 
-from producer.enqueue import Producer, send_email, send_many
-from producer.errors import (
+from emailq.enqueue import Producer, send_email, send_many
+from emailq.errors import (
     ConfigError,
     EmailqError,
     InvalidMessage,
     NotFound,
     QueueUnavailable,
 )
-from producer.message import TEMPLATE_TYPES, Email, Envelope
-from producer.settings import Settings, get_settings
+from emailq.message import TEMPLATE_TYPES, Email, Envelope
+from emailq.settings import Settings, get_settings
 
 __all__ = [
     "TEMPLATE_TYPES",

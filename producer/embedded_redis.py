@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from producer.errors import ConfigError
+from emailq.errors import ConfigError
 
 URL_FILE = "redis.url"
 _START_TIMEOUT = 10.0

@@ -15,11 +15,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from producer import embedded_redis
-from producer.errors import InvalidMessage, QueueUnavailable
-from producer.message import Email, Envelope, parse_email
-from producer.settings import Settings, get_settings
-from producer.task_message import task_message
+from emailq import embedded_redis
+from emailq.errors import InvalidMessage, QueueUnavailable
+from emailq.message import Email, Envelope, parse_email
+from emailq.settings import Settings, get_settings
+from emailq.task_message import task_message
 
 _CHUNK = 1000
 

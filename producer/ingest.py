@@ -17,11 +17,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from producer import metrics
-from producer.enqueue import Producer
-from producer.errors import InvalidMessage, QueueUnavailable
-from producer.message import Email
-from producer.settings import Settings
+from emailq import metrics
+from emailq.enqueue import Producer
+from emailq.errors import InvalidMessage, QueueUnavailable
+from emailq.message import Email
+from emailq.settings import Settings
 
 log = logging.getLogger("emailq.ingest")
 

@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from producer.errors import InvalidMessage
-from producer.message import Email
+from emailq.errors import InvalidMessage
+from emailq.message import Email
 
 
 def read_emails(

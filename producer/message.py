@@ -14,7 +14,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from producer.errors import InvalidMessage
+from emailq.errors import InvalidMessage
 
 TEMPLATE_TYPES = frozenset(
     {

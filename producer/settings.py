@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producer.errors import ConfigError
+from emailq.errors import ConfigError
 
 ENV_PREFIX = "EMAILQ_"
 

@@ -14,7 +14,7 @@ import socket
 import uuid
 from typing import Any
 
-from producer.message import Envelope, masked
+from emailq.message import Envelope, masked
 
 TASK_NAME = "emailq.deliver"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"

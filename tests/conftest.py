@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import redis
 
-from producer import embedded_redis
-from producer.embedded_redis import redis_server_binary
-from producer.enqueue import Producer
-from producer.settings import Settings
+from emailq import embedded_redis
+from emailq.embedded_redis import redis_server_binary
+from emailq.enqueue import Producer
+from emailq.settings import Settings
 
 # The tests' own settings come from each test, never from the developer's shell.
 for _name in [n for n in os.environ if n.startswith("EMAILQ_")]:

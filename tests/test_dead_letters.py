@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EMAILQ, Reply, run_emailq, wait_for
-from producer.message import Email, Envelope
-from worker.dead_letters import DeadLetter, DeadLetters
+from emailq.message import Email, Envelope
+from emailq.worker.dead_letters import DeadLetter, DeadLetters
 
 CODE = "918273"
 LINK = "https://example.com/magic?token=abcdef"

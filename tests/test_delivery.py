@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import Reply, wait_for
-from worker.dead_letters import DeadLetters
+from emailq.worker.dead_letters import DeadLetters
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
 SECRET = "Bearer s3cr3t-token-value"
@@ -116,7 +116,7 @@ def test_read_timeout_is_retried(producer, endpoint, start_worker):
 
 def test_expired_message_is_not_sent(settings_env, endpoint, start_worker, redis_client):
     from conftest import settings_from
-    from producer import Producer
+    from emailq import Producer
 
     short = Producer(settings_from({**settings_env, "EMAILQ_MESSAGE_TTL_SECONDS": "0.2"}))
     message_id = short.send(SIGN_IN)
@@ -134,8 +134,8 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_carries_on(
 ):
     redis_client.lpush("emailq", b"\xff not even json")
     bad_envelope = producer.settings.model_copy()  # any object; we only need the queue name
-    from producer.message import Email, Envelope
-    from producer.task_message import task_message
+    from emailq.message import Email, Envelope
+    from emailq.task_message import task_message
 
     message = json.loads(task_message(Envelope.wrap(Email(**SIGN_IN), 60), bad_envelope.queue))
     import base64
@@ -155,8 +155,8 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_carries_on(
 
 
 def _queue_raw_envelope(redis_client, queue: str, envelope: dict) -> None:
-    from producer.message import Email, Envelope
-    from producer.task_message import task_message
+    from emailq.message import Email, Envelope
+    from emailq.task_message import task_message
 
     message = json.loads(task_message(Envelope.wrap(Email(**SIGN_IN), 60), queue))
     body = json.loads(base64.b64decode(message["body"]))

@@ -27,8 +27,8 @@ import redis
 import yaml
 
 from conftest import EMAILQ, free_port, wait_for
-from producer.embedded_redis import redis_server_binary
-from producer.settings import Settings
+from emailq.embedded_redis import redis_server_binary
+from emailq.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -143,7 +143,7 @@ def invocations() -> list[tuple[str, list[str]]]:
 
 def command(path: list[str]) -> click.Command:
     """The `emailq` subcommand at `path`; xfail while a promised one is still unwritten."""
-    from worker.cli import cli
+    from emailq.worker.cli import cli
 
     cmd: click.Command = cli
     for depth, name in enumerate(path):
@@ -223,7 +223,8 @@ def test_dockerfile_builds_a_non_root_emailq_image() -> None:
 def test_dockerfile_copies_everything_pip_needs_and_nothing_else() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     copied = {src.rstrip("/") for i, a in dockerfile() if i == "COPY" for src in a.split()[:-1]}
-    assert copied >= {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    folders = project["tool"]["setuptools"]["package-dir"].values()
+    assert copied >= {"pyproject.toml", project["project"]["readme"], *folders}
     assert all((ROOT / src).exists() for src in copied)
     ignore = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     # An allowlist: everything excluded, then what is copied let back in (so .env stays out).
@@ -335,7 +336,7 @@ def test_probes_ask_paths_that_exist() -> None:
     from flower.urls import handlers
 
     script = (
-        "from producer.ingest import create_app; from producer.settings import Settings;"
+        "from emailq.ingest import create_app; from emailq.settings import Settings;"
         "app = create_app(Settings(_env_file=None, redis_url='redis://127.0.0.1:9/0'));"
         "print(' '.join(r.path for r in app.routes))"
     )

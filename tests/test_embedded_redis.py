@@ -8,7 +8,7 @@ from pathlib import Path
 import redis
 
 from conftest import run_emailq
-from producer import embedded_redis
+from emailq import embedded_redis
 
 SEND = ["send", "--to", "foo@logto.io", "--type", "SignIn", "--payload", '{"code": "1"}']
 

@@ -36,7 +36,7 @@ def test_1000_emails_survive_a_20s_outage(producer, endpoint, start_worker, redi
 
 def test_held_emails_still_expire(settings_env, endpoint, start_worker, redis_client):
     from conftest import settings_from
-    from producer import Producer
+    from emailq import Producer
 
     endpoint.go_down()
     start_worker(env={"EMAILQ_BREAKER_THRESHOLD": "1", "EMAILQ_BREAKER_PROBE_SECONDS": "60"})
@@ -44,7 +44,7 @@ def test_held_emails_still_expire(settings_env, endpoint, start_worker, redis_cl
     ids = short.send_many([SIGN_IN] * 5)
 
     wait_for(lambda: redis_client.zcard("emailq:dlq:index") == 5, 20, "held emails to expire")
-    from worker.dead_letters import DeadLetters
+    from emailq.worker.dead_letters import DeadLetters
 
     reasons = {DeadLetters(redis_client, "emailq").get(i).reason for i in ids}
     assert reasons == {"expired"}

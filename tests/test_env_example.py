@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from producer.settings import Settings
+from emailq.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import pytest
 import trustme
 
 from conftest import Endpoint, Reply, wait_for
-from worker.dead_letters import DeadLetters
+from emailq.worker.dead_letters import DeadLetters
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 

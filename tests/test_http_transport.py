@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import Reply
-from worker.http_transport import CurlTransport
+from emailq.worker.http_transport import CurlTransport
 
 
 def post(transport: CurlTransport, url: str, headers: list[str]):

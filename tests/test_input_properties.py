@@ -8,9 +8,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.errors import InvalidMessage
-from producer.jsonl import read_emails
-from producer.message import TEMPLATE_TYPES, parse_email
+from emailq.errors import InvalidMessage
+from emailq.jsonl import read_emails
+from emailq.message import TEMPLATE_TYPES, parse_email
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

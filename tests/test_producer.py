@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import producer as emailq
+import emailq
 from conftest import free_port, settings_from
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
@@ -311,7 +311,7 @@ def test_queue_unavailable_is_an_emailq_error():
 def test_importing_producer_does_not_import_worker_or_celery():
     code = (
         "import sys, producer\n"
-        "from producer import Producer, send_email, send_many, Email\n"
+        "from emailq import Producer, send_email, send_many, Email\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('worker', 'celery', 'kombu'))\n"
         "print(','.join(heavy))\n"
     )

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import RedisServer, Reply, settings_from, wait_for
-from producer import Producer, QueueUnavailable
+from emailq import Producer, QueueUnavailable
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 

@@ -10,8 +10,8 @@ import math
 import pytest
 
 from conftest import run_emailq, settings_from
-from producer.errors import ConfigError
-from producer.settings import get_settings
+from emailq.errors import ConfigError
+from emailq.settings import get_settings
 
 SEND = ["send", "--to", "foo@logto.io", "--type", "SignIn", "--payload", '{"code": "123456"}']
 

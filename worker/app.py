@@ -1,7 +1,7 @@
 """The Celery app, configured for at-least-once delivery on Redis.
 
 Configuration is applied lazily (on first use), from the one settings object, so that
-importing this module costs nothing and `celery -A worker.app` works as users expect.
+importing this module costs nothing and `celery -A emailq.worker.app` works as users expect.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from typing import Any
 
 from celery import Celery
 
-from producer.enqueue import resolve_redis_url
-from producer.settings import Settings, get_settings
+from emailq.enqueue import resolve_redis_url
+from emailq.settings import Settings, get_settings
 
-app = Celery("emailq", include=["worker.tasks", "worker.observability"])
+app = Celery("emailq", include=["emailq.worker.tasks", "emailq.worker.observability"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = resolve_redis_url(settings)
     return {
         "broker_url": url,
-        "broker_transport": "worker.transport:Transport",
+        "broker_transport": "emailq.worker.transport:Transport",
         # Our transport class hides the rediss:// scheme from kombu: ask for TLS here.
         "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss://") else None,
         "broker_connection_retry_on_startup": True,
@@ -45,7 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.concurrency,
         # Flower still lists every dead letter: see worker.failure_events.
         "worker_send_task_events": settings.task_events == "all",
-        "worker_consumer": "worker.consumer:Consumer",
+        "worker_consumer": "emailq.worker.consumer:Consumer",
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_serializer": "json",

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import httpx
 
-from worker.retry_policy import RetryableStatus
+from emailq.worker.retry_policy import RetryableStatus
 
 T = TypeVar("T")
 log = logging.getLogger("emailq.worker")

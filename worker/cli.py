@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from producer.enqueue import Producer, connect
-from producer.errors import ConfigError, EmailqError, InvalidMessage
-from producer.jsonl import read_emails
-from producer.settings import Settings, get_settings
-from worker.dlq_commands import dead_letters, dlq
+from emailq.enqueue import Producer, connect
+from emailq.errors import ConfigError, EmailqError, InvalidMessage
+from emailq.jsonl import read_emails
+from emailq.settings import Settings, get_settings
+from emailq.worker.dlq_commands import dead_letters, dlq
 
 MAX_PROBLEMS_SHOWN = 1000
 
@@ -39,7 +39,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     if settings.endpoint_url is None:
         raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
     _require_blmove(settings)
-    from worker.app import app
+    from emailq.worker.app import app
 
     argv = [
         "worker",
@@ -117,7 +117,7 @@ def _send_file(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json: bool) -> None:
     """Queue depth, in-flight deliveries, DLQ depth and workers online."""
-    from worker.app import app
+    from emailq.worker.app import app
 
     settings = get_settings()
     client = connect(settings, timeout=5)
@@ -147,7 +147,7 @@ def serve(host: str, port: int) -> None:
     try:
         import uvicorn
 
-        from producer.ingest import create_app
+        from emailq.ingest import create_app
     except ImportError:
         raise ConfigError("'emailq serve' needs the ops extra: pip install 'emailq[ops]'") from None
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
@@ -170,14 +170,14 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     else:
         click.secho("emailq flower: EMAILQ_FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach it", fg="yellow", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from worker.app import app
+    from emailq.worker.app import app
 
     # Flower only watches (events, queue lengths); it needs kombu's own transport, whose
     # URL scheme it recognises, not the worker's dead-lettering one. Reading a setting
     # first applies the lazy configuration, so that it cannot overwrite this change.
     assert app.conf.broker_url
     app.conf.broker_transport = None
-    from worker.flower_queues import show_dead_letters
+    from emailq.worker.flower_queues import show_dead_letters
 
     show_dead_letters(settings.queue)
     app.start(
@@ -198,7 +198,7 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 @click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535), help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
 def dev(ingest_port: int, flower_port: int, endpoint_port: int) -> None:
     """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""
-    from worker import dev as dev_mode
+    from emailq.worker import dev as dev_mode
 
     sys.exit(dev_mode.run(get_settings(), ingest_port, flower_port, endpoint_port))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.dead_letters import RAW_LIMIT, DeadLetter
+from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 
 
 class Consumer(CeleryConsumer):
@@ -41,7 +41,7 @@ def _dead_letter(message: Any, detail: str) -> None:
 
 def dead_letter_raw(raw: str, detail: str, message_id: Any = None) -> None:
     """Keep an item that arrived on the queue but cannot be delivered as it is."""
-    from worker.tasks import dead_letters
+    from emailq.worker.tasks import dead_letters
 
     dead_letters().add(
         DeadLetter(

@@ -21,9 +21,9 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from producer.errors import NotFound
-from producer.message import Envelope, masked
-from producer.task_message import task_message
+from emailq.errors import NotFound
+from emailq.message import Envelope, masked
+from emailq.task_message import task_message
 
 REASONS = ("rejected", "exhausted", "expired", "malformed")
 RAW_LIMIT = 65536

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from producer.message import Envelope
-from producer.settings import Settings
-from producer import metrics
-from worker.http_transport import CurlTransport
-from worker.circuit_breaker import CircuitBreaker, Expired
-from worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status
-from worker.signing import decode_secrets, signature_headers
+from emailq.message import Envelope
+from emailq.settings import Settings
+from emailq import metrics
+from emailq.worker.http_transport import CurlTransport
+from emailq.worker.circuit_breaker import CircuitBreaker, Expired
+from emailq.worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status
+from emailq.worker.signing import decode_secrets, signature_headers
 
 EXCERPT_CHARS = 300
 USER_AGENT = "emailq/0.1"

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import click
 
-from producer import embedded_redis
-from producer.settings import Settings
+from emailq import embedded_redis
+from emailq.settings import Settings
 
 HOST = "127.0.0.1"
 
@@ -56,7 +56,7 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
         endpoint = ThreadingHTTPServer((HOST, endpoint_port), _PrintingEndpoint)
         threading.Thread(target=endpoint.serve_forever, daemon=True).start()
         env["EMAILQ_ENDPOINT_URL"] = f"http://{HOST}:{endpoint.server_address[1]}/"
-    emailq = [sys.executable, "-m", "worker"]
+    emailq = [sys.executable, "-m", "emailq.worker"]
     processes = {
         "worker": [*emailq, "worker", "--concurrency", "8"],
         "ingest": [*emailq, "serve", "--host", HOST, "--port", str(ingest_port)],

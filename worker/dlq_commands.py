@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import click
 
-from producer.enqueue import connect
-from producer.settings import get_settings
-from worker.dead_letters import DeadLetters
+from emailq.enqueue import connect
+from emailq.settings import get_settings
+from emailq.worker.dead_letters import DeadLetters
 
 
 def dead_letters() -> DeadLetters:

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from producer.task_message import TASK_NAME
+from emailq.task_message import TASK_NAME
 
 log = logging.getLogger("emailq.worker")
 

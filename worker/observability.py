@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import signals
 
-from producer.settings import get_settings
+from emailq.settings import get_settings
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -61,8 +61,8 @@ def _serve_metrics(**_: Any) -> None:
         return
     from prometheus_client import start_http_server
 
-    from producer import metrics
-    from worker.tasks import dead_letters
+    from emailq import metrics
+    from emailq.worker.tasks import dead_letters
 
     metrics.watch_depths(dead_letters().redis, settings.queue)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)

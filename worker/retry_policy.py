@@ -13,7 +13,7 @@ from __future__ import annotations
 import httpx
 import tenacity
 
-from producer.settings import Settings
+from emailq.settings import Settings
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 

@@ -16,15 +16,15 @@ from typing import Any, TypeVar
 import redis
 from pydantic import ValidationError
 
-from producer import metrics
-from producer.enqueue import resolve_redis_url
-from producer.message import Envelope
-from producer.settings import get_settings
-from producer.task_message import TASK_NAME
-from worker.app import app
-from worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
-from worker.delivery import Deliverer, Outcome
-from worker.failure_events import FailureEvents
+from emailq import metrics
+from emailq.enqueue import resolve_redis_url
+from emailq.message import Envelope
+from emailq.settings import get_settings
+from emailq.task_message import TASK_NAME
+from emailq.worker.app import app
+from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
+from emailq.worker.delivery import Deliverer, Outcome
+from emailq.worker.failure_events import FailureEvents
 
 log = logging.getLogger("emailq.worker")
 T = TypeVar("T")

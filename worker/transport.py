@@ -28,7 +28,7 @@ INBOXES = "_emailq.inboxes"  # set of JSON [queue, inbox key, alive key]
 
 
 def _park(raw: str, detail: str) -> None:
-    from worker.consumer import dead_letter_raw
+    from emailq.worker.consumer import dead_letter_raw
 
     dead_letter_raw(raw, detail)
 
