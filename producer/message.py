@@ -138,6 +138,9 @@ class Envelope(BaseModel):
     expires_at: float
     # Deliveries begun before this one (0 when fresh; replay starts a fresh budget).
     attempts: int = 0
+    # Each earlier attempt's outcome, oldest first: {"at": time, "status": int} or
+    # {"at": time, "error": str}; the DLQ entry shows them all.
+    history: list[dict[str, Any]] = Field(default_factory=list)
     message: Email
 
     @classmethod
@@ -153,6 +156,10 @@ class Envelope(BaseModel):
     def dump(self) -> dict[str, Any]:
         """The envelope as JSON-ready data (how it travels on the queue and sits in the DLQ)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+    def after(self, attempt: dict[str, Any]) -> Envelope:
+        """This envelope once `attempt` has failed: one more attempt spent, and recorded."""
+        return self.model_copy(update={"attempts": self.attempts + 1, "history": [*self.history, attempt]})
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from emailq import census
+
 REGISTRY = CollectorRegistry(auto_describe=False)
 
 ENQUEUED = Counter("emailq_enqueued", "Emails accepted onto the queue.", ["source"], registry=REGISTRY)
@@ -37,7 +39,7 @@ DELIVERY_SECONDS = Histogram(
 
 
 class DepthCollector(Collector):
-    """`emailq_queue_depth` and `emailq_dlq_depth`, read from Redis when scraped."""
+    """Queue, in-flight, schedule and DLQ depths, read from Redis when scraped."""
 
     def __init__(self, client: redis.Redis, queue: str):
         self._redis = client
@@ -45,14 +47,13 @@ class DepthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.llen(self._queue).zcard(f"{self._queue}:dlq:index").hlen("unacked")
-                queued, dead, in_flight = pipe.execute()
+            now = census.count(self._redis, self._queue)
         except redis.RedisError:
             return  # Redis down: no depth rather than a wrong one
-        yield GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue.", value=queued)
-        yield GaugeMetricFamily("emailq_in_flight", "Emails taken by workers, not yet acked.", value=in_flight)
-        yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=dead)
+        yield GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue.", value=now.queued)
+        yield GaugeMetricFamily("emailq_in_flight", "Emails taken by workers, not yet settled.", value=now.in_flight)
+        yield GaugeMetricFamily("emailq_scheduled", "Emails waiting in the retry schedule.", value=now.scheduled)
+        yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)
 
 
 def watch_depths(client: redis.Redis, queue: str) -> None:

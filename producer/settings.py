@@ -58,14 +58,20 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=86400)
-    # Consecutive outage failures that hold all deliveries (0: never hold), and how often
-    # a held worker probes the endpoint.
+    # Distinct emails failing with an outage on their 3rd+ attempt, with nothing delivered
+    # in between, that make a worker stop taking emails (0: never), and how often it then
+    # lets one through as a probe.
     breaker_threshold: int = Field(default=10, ge=0)
     breaker_probe_seconds: float = Field(default=2.0, gt=0, le=600)
 
     # The worker.
     concurrency: int = Field(default=64, ge=1, le=1000)
-    visibility_timeout: int = Field(default=1200, ge=2)
+    # A worker that has not refreshed its heartbeat for this long is taken for dead, and
+    # any other worker puts the emails it held back on the queue.
+    heartbeat_seconds: float = Field(default=15.0, ge=2, le=600)
+    # Backstop only: an email held this long by a worker that still looks alive goes back
+    # on the queue. No delivery lasts longer than one attempt (EMAILQ_REQUEST_TIMEOUT).
+    visibility_timeout: int = Field(default=300, ge=2)
 
     # Operations.
     flower_basic_auth: SecretStr | None = None
@@ -104,29 +110,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _visibility_outlasts_delivery(self) -> Settings:
-        # kombu hands an unacked message to another worker once it is older than the
-        # visibility timeout, even if its worker is alive: it must outlast any delivery.
         longest = self.longest_delivery_seconds()
         if self.visibility_timeout <= longest:
             raise ValueError(
                 f"EMAILQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed the "
-                f"longest possible delivery ({longest:.0f}s, from EMAILQ_MAX_ATTEMPTS, the "
-                "timeouts, the backoff cap and EMAILQ_MESSAGE_TTL_SECONDS)"
+                f"longest delivery attempt ({longest:.0f}s: EMAILQ_REQUEST_TIMEOUT x 2)"
             )
         return self
 
     def longest_delivery_seconds(self) -> float:
-        per_attempt = self.connect_timeout + self.request_timeout
-        # No attempt starts past the message's expiry; while the endpoint is down a
-        # delivery may be held until then.
-        until_expiry = self.message_ttl_seconds + per_attempt
-        if self.breaker_threshold:
-            return until_expiry
-        by_attempts = (
-            self.max_attempts * per_attempt
-            + (self.max_attempts - 1) * self.retry_max_seconds
-        )
-        return min(by_attempts, until_expiry)
+        """How long a worker may hold one email: one attempt (the request timeout bounds
+        it, connect included), with room for an email that waited for a free thread."""
+        return 2 * self.request_timeout
 
 
 def _describe(error: ValidationError) -> str:

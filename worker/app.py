@@ -27,11 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a Redis restart must not stop workers
         "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
-            # kombu sweeps unacked messages of dead workers back only every
-            # interval x throttle seconds; make that a small part of the timeout.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
-            "unacked_restore_throttle": 1,
+            # In-flight emails and their recovery are emailq's own (worker/in_flight.py);
+            # kombu's visibility timeout and unacked sweep are not used.
             "socket_keepalive": True,
             "health_check_interval": 10,
         },

@@ -1,10 +1,19 @@
-"""Hold deliveries while the endpoint is down, instead of burning every email's retries.
+"""Stop taking emails while the endpoint is down, without holding any.
 
-After `threshold` consecutive outage failures (network errors, timeouts, 5xx) across all
-deliveries of this worker process, the breaker opens: deliveries wait without using an
-attempt, and every `probe_seconds` one of them is sent as a probe. A probe that gets an
-answer other than an outage closes the breaker and everyone resumes; a failed probe is not
-counted against its email. A held email still expires at its TTL.
+The breaker opens when `threshold` distinct emails have each failed with an outage
+(a network error, a timeout, a 5xx) on their `MIN_FAILED_ATTEMPT`-th attempt or later,
+with no successful delivery in between. A single failure says little: one broken
+template or recipient domain fails every time while the endpoint is fine, and some
+endpoints fail an email's first tries and accept a later one. Ten different emails that
+each failed three times in a row, over a few seconds of backoff, while nothing else got
+through, do describe an outage; a minority of always-failing emails never opens it,
+because the healthy ones keep succeeding in between.
+
+While open, the worker takes nothing from the queue (emails wait in Redis, not in
+threads) except one email every `probe_seconds`. Probes are whatever is at the head of
+the queue, fresh or a due retry, so they rotate; a failed probe spends its email's attempt
+like any other failure, so no email is probed forever. The first success (or any answer
+that is not an outage, such as a 4xx or a 429) closes the breaker.
 """
 
 from __future__ import annotations
@@ -13,27 +22,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
-import httpx
-
-from emailq.worker.retry_policy import RetryableStatus
-
-T = TypeVar("T")
 log = logging.getLogger("emailq.worker")
 
-_POLL_SECONDS = 0.2
-
-
-class Expired(Exception):
-    """The email's TTL ran out while deliveries were held."""
-
-
-def is_outage(error: BaseException) -> bool:
-    # A 429 or 408 is the endpoint talking; only silence and server errors mean "down".
-    if isinstance(error, RetryableStatus):
-        return error.status >= 500
-    return isinstance(error, httpx.TransportError)
+MIN_FAILED_ATTEMPT = 3
 
 
 class CircuitBreaker:
@@ -42,74 +34,62 @@ class CircuitBreaker:
         self.probe_seconds = probe_seconds
         self._on_change = on_change or (lambda is_open: None)
         self._lock = threading.Lock()
-        self._failures = 0
+        self._failing: set[str] = set()
         self._open = False
-        self._probing = False
+        self._probe_out = False
         self._next_probe = 0.0
 
     @property
     def is_open(self) -> bool:
         return self._open
 
-    def call(self, attempt: Callable[[], T], deadline: float) -> T:
-        """Run `attempt` now if the endpoint is believed up; otherwise wait, probing in
-        turn, until it is (then run it) or until `deadline` (then raise Expired)."""
-        while True:
-            probe = self._wait_for_turn(deadline)
-            try:
-                result = attempt()
-            except Exception as error:
-                if not is_outage(error):
-                    self._succeeded()
-                    raise
-                if probe:
-                    self._probe_failed()
-                    continue  # held, not counted: wait for the next turn
-                self._failed()
-                raise
-            self._succeeded()
-            return result
+    def may_take(self) -> bool:
+        """Whether the consumer may take one more email from the queue now."""
+        if not self._open:
+            return True
+        with self._lock:
+            return not self._probe_out and time.monotonic() >= self._next_probe
 
-    def _wait_for_turn(self, deadline: float) -> bool:
-        """False when the breaker is closed; True when this caller is to probe."""
-        while True:
-            now = time.time()
+    def taken(self) -> None:
+        """The consumer took an email; while open, it is the probe."""
+        if self._open:
             with self._lock:
-                if not self._open:
-                    return False
-                if not self._probing and now >= self._next_probe:
-                    self._probing = True
-                    return True
-            if now >= deadline:
-                raise Expired("expired while the endpoint was down")
-            time.sleep(min(_POLL_SECONDS, max(0.0, deadline - now)))
+                self._probe_out = True
 
-    def _failed(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self.threshold and not self._open and self._failures >= self.threshold:
-                self._open = True
-                self._next_probe = time.time() + self.probe_seconds
-                opened = True
-            else:
-                opened = False
-        if opened:
-            log.warning(
-                "endpoint looks down after %d consecutive failures: holding deliveries, probing every %.1fs",
-                self.threshold, self.probe_seconds,
-            )
-            self._on_change(True)
+    def skipped(self) -> None:
+        """The email taken was not sent (expired, malformed): the probe is still owed."""
+        if self._open:
+            with self._lock:
+                self._probe_out = False
 
-    def _probe_failed(self) -> None:
+    def succeeded(self) -> None:
+        """The endpoint answered with anything but an outage."""
         with self._lock:
-            self._probing = False
-            self._next_probe = time.time() + self.probe_seconds
-
-    def _succeeded(self) -> None:
-        with self._lock:
-            self._failures = 0
-            was_open = self._open
-            self._open = self._probing = False
+            self._failing.clear()
+            was_open, self._open, self._probe_out = self._open, False, False
         if was_open:
             log.warning("endpoint answered again: resuming deliveries")
             self._on_change(False)
+
+    def failed(self, message_id: str, attempt: int) -> None:
+        """An outage failure of `message_id`'s `attempt`-th attempt (1 for the first)."""
+        with self._lock:
+            if self._open:
+                self._probe_out = False
+                self._next_probe = time.monotonic() + self.probe_seconds
+                return
+            if attempt >= MIN_FAILED_ATTEMPT:
+                self._failing.add(message_id)
+            opened = bool(self.threshold) and len(self._failing) >= self.threshold
+            if opened:
+                self._open = True
+                self._probe_out = False
+                self._next_probe = time.monotonic() + self.probe_seconds
+                self._failing.clear()
+        if opened:
+            log.warning(
+                "endpoint looks down (%d emails failed %d+ times in a row, nothing delivered "
+                "in between): taking no more emails, probing every %.1fs",
+                self.threshold, MIN_FAILED_ATTEMPT, self.probe_seconds,
+            )
+            self._on_change(True)

@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
+from emailq import census
 from emailq.enqueue import Producer, connect
 from emailq.errors import ConfigError, EmailqError, InvalidMessage
 from emailq.jsonl import read_emails
 from emailq.settings import Settings, get_settings
-from emailq.worker.dlq_commands import dead_letters, dlq
+from emailq.worker.dlq_commands import dlq
 
 MAX_PROBLEMS_SHOWN = 1000
 
@@ -122,18 +123,17 @@ def status(as_json: bool) -> None:
     settings = get_settings()
     client = connect(settings, timeout=5)
     # Redis first: if it is down, this fails fast with one clear line.
-    report: dict[str, Any] = {
-        "queue": settings.queue,
-        "queued": client.llen(settings.queue),
-        "in_flight": client.hlen("unacked"),
-        "dead_lettered": dead_letters().count(),
-    }
+    now = census.count(client, settings.queue)
+    report: dict[str, Any] = {"queue": settings.queue, **now.as_dict()}
     replies = app.control.ping(timeout=1.0) or []
     report["workers"] = sorted(name for reply in replies for name in reply)
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"queue {report['queue']}: {report['queued']} queued, {report['in_flight']} in flight")
+    click.echo(
+        f"queue {report['queue']}: {report['queued']} queued, {report['in_flight']} in flight, "
+        f"{report['scheduled']} scheduled for retry"
+    )
     click.echo(f"dead-letter queue: {report['dead_lettered']}")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
 

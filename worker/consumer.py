@@ -1,17 +1,24 @@
 """Celery's consumer, with undecodable and unknown messages dead-lettered, not dropped.
 
-Celery acks (or rejects) such a message and only logs it; we keep it in the DLQ as
-`malformed` first, so that "delivered or in the DLQ" holds for every message.
+Celery acks (or rejects) such a message and only logs it; we move it to the DLQ as
+`malformed` first, in one step out of the in-flight list, so that "delivered or in the
+DLQ" holds for every message.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import redis
+
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
+
+log = logging.getLogger("emailq.worker")
 
 
 class Consumer(CeleryConsumer):
@@ -36,18 +43,19 @@ def _dead_letter(message: Any, detail: str) -> None:
     headers = message.headers if isinstance(getattr(message, "headers", None), dict) else {}
     raw = message.body
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    dead_letter_raw(text, detail, message_id=headers.get("id"))
-
-
-def dead_letter_raw(raw: str, detail: str, message_id: Any = None) -> None:
-    """Keep an item that arrived on the queue but cannot be delivered as it is."""
-    from emailq.worker.tasks import dead_letters
-
-    dead_letters().add(
-        DeadLetter(
-            id=str(message_id or uuid.uuid4()),
-            reason="malformed",
-            detail=detail[:300],
-            raw=raw[:RAW_LIMIT],
-        )
+    entry = DeadLetter(
+        id=str(headers.get("id") or uuid.uuid4()), reason="malformed", detail=detail[:300], raw=text[:RAW_LIMIT]
     )
+    rt = runtime.get()
+    taken = rt.in_flight.get(message.delivery_tag)
+    if taken is None or taken.settled:
+        rt.dead_letters.add(entry)
+        return
+    try:
+        rt.dead_letters.add(entry, taken_from=(taken.inflight_key, taken.item))
+    except redis.RedisError as error:
+        # Back to the queue rather than acked: it is dead-lettered once Redis has room.
+        log.warning("could not dead-letter a malformed message (%s); it goes back on the queue", error)
+        rt.in_flight.release(message.delivery_tag)
+        return
+    taken.settled = True

@@ -1,6 +1,6 @@
 """The dead-letter queue: emails that could not be delivered, kept whole for replay.
 
-Redis layout, next to the queue `<queue>` (a list of Celery task messages):
+Redis layout (`emailq.keys`), next to the queue `<queue>`:
 
 - `<queue>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
 - `<queue>:dlq:index`  sorted set, message id scored by the time it failed
@@ -22,11 +22,27 @@ import redis
 from pydantic import ValidationError
 
 from emailq.errors import NotFound
+from emailq.keys import Keys
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 
-REASONS = ("rejected", "exhausted", "expired", "malformed")
+REASONS = ("rejected", "exhausted", "expired", "malformed", "error")
 RAW_LIMIT = 65536
+
+# KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
+# ('' when the entry comes from nowhere). Types are checked first so that a key of the
+# wrong type fails the whole move rather than half of it.
+_ADD = """
+if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then return 0 end
+local t1, t2 = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
+if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'zset') then
+  return redis.error_reply('WRONGTYPE the dead-letter keys hold another type')
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
+return 1
+"""
 
 _REPLAY = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -51,6 +67,8 @@ class DeadLetter:
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
     failed_at: float = field(default_factory=time.time)
+    # Every attempt's outcome, oldest first: {"at": time, "status": int} or {"at", "error"}.
+    history: list[dict[str, Any]] = field(default_factory=list)
     envelope: dict[str, Any] | None = None
     raw: str | None = None
 
@@ -86,19 +104,25 @@ class DeadLetters:
     def __init__(self, client: redis.Redis, queue: str):
         self._redis = client
         self.queue = queue
-        self.key = f"{queue}:dlq"
-        self.index_key = f"{queue}:dlq:index"
+        keys = Keys(queue)
+        self.key = keys.dlq
+        self.index_key = keys.dlq_index
         self._replay = client.register_script(_REPLAY)
+        self._add = client.register_script(_ADD)
 
     @property
     def redis(self) -> redis.Redis:
         return self._redis
 
-    def add(self, entry: DeadLetter) -> None:
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, entry.id, json.dumps(asdict(entry)))
-            pipe.zadd(self.index_key, {entry.id: entry.failed_at})
-            pipe.execute()
+    def add(self, entry: DeadLetter, taken_from: tuple[str, bytes] | None = None) -> bool:
+        """Store `entry`; with `taken_from` (in-flight list, item), move the item out of
+        that list in the same step. False when the list no longer holds the item."""
+        inflight, item = taken_from or (self.key, b"")
+        added = self._add(
+            keys=[self.key, self.index_key, inflight],
+            args=[entry.id, json.dumps(asdict(entry)), entry.failed_at, item],
+        )
+        return bool(added)
 
     def count(self) -> int:
         return self._redis.zcard(self.index_key)

@@ -1,8 +1,9 @@
-"""One delivery: POST an email to the endpoint, retrying per the retry policy.
+"""One delivery attempt: POST an email to the endpoint and decide what comes next.
 
-The outcome of a delivery is decided here and only here: delivered, or a reason for the
-dead-letter queue (`rejected`, `exhausted`, `expired`) with the last status and an
-excerpt of what the endpoint said.
+The outcome of an attempt is decided here and only here: delivered; retried after a wait
+(the retry policy's answer); or a reason for the dead-letter queue (`rejected`,
+`exhausted`, `expired`) with the status and an excerpt of what the endpoint said. Nothing
+here waits: the wait before a retry is spent in the Redis schedule.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from emailq.message import Envelope
 from emailq.settings import Settings
-from emailq import metrics
 from emailq.worker.http_transport import CurlTransport
-from emailq.worker.circuit_breaker import CircuitBreaker, Expired
-from emailq.worker.retry_policy import RetryableStatus, build_retrying, is_retryable_status
+from emailq.worker.retry_policy import RetryableStatus, RetryPolicy, is_retryable_status
 from emailq.worker.signing import decode_secrets, signature_headers
 
 EXCERPT_CHARS = 300
@@ -27,17 +27,20 @@ USER_AGENT = "emailq/0.1"
 
 @dataclass(frozen=True)
 class Outcome:
-    reason: str | None  # None when delivered
+    """What one attempt came to. Exactly one of: `delivered`, `retry_in` (seconds) set, or
+    `reason` set (the email goes to the DLQ)."""
+
+    delivered: bool = False
+    retry_in: float | None = None
+    reason: str | None = None
     status: int | None = None
     excerpt: str = ""
     error: str = ""
-    attempts: int = 0
-    first_attempt_at: float | None = None
-    last_attempt_at: float | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.reason is None
+    # This attempt as the DLQ keeps it; None when no attempt was made.
+    attempt: dict[str, Any] | None = None
+    # Whether the failure says the endpoint may be down (for the circuit breaker).
+    outage: bool = False
+    sent: bool = True
 
 
 class _Rejected(Exception):
@@ -52,57 +55,59 @@ class Deliverer:
     """POSTs emails to `EMAILQ_ENDPOINT_URL` with keep-alive connections; one per worker
     process, shared by its threads."""
 
-    def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None):
+    def __init__(self, settings: Settings, transport: CurlTransport | None = None):
         if settings.endpoint_url is None:
             raise ValueError("EMAILQ_ENDPOINT_URL is required to deliver")
         self.settings = settings
+        self.policy = RetryPolicy(settings)
         self._url = str(settings.endpoint_url)
         self._keys = (
             decode_secrets(settings.signing_secret.get_secret_value())
             if settings.signing_secret
             else []
         )
-        self._breaker = breaker or CircuitBreaker(
-            settings.breaker_threshold,
-            settings.breaker_probe_seconds,
-            on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
-        )
-        self._transport = CurlTransport(settings.max_response_bytes)
+        self._transport = transport or CurlTransport(settings.max_response_bytes)
         self._headers = ["Content-Type: application/json", f"User-Agent: {USER_AGENT}"]
         if settings.endpoint_authorization is not None:
             self._headers.append(f"Authorization: {settings.endpoint_authorization.get_secret_value()}")
 
     def deliver(self, envelope: Envelope) -> Outcome:
+        """Make attempt number `envelope.attempts + 1`, unless the email expired."""
         if envelope.expired():
-            return Outcome(reason="expired", error="expired before the first attempt")
+            return Outcome(reason="expired", error="expired before this attempt", sent=False)
         body = json.dumps(envelope.message.body(), separators=(",", ":")).encode()
-        retrying = build_retrying(self.settings, envelope.expires_at - time.time())
-        attempts, first, last, status = 0, None, None, None
+        started = time.time()
         try:
-            for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    last = time.time()
-                    first = first or last
-                    status = self._breaker.call(
-                        lambda: self._post(envelope.id, body), envelope.expires_at
-                    )
-        except Expired as error:
-            return Outcome("expired", None, "", str(error), attempts, first, last)
+            status = self._post(envelope.id, body)
         except _Rejected as error:
-            return Outcome("rejected", error.status, error.excerpt, f"HTTP {error.status}", attempts, first, last)
-        except RetryableStatus as error:
-            return Outcome(self._gave_up(envelope, attempts), error.status, error.excerpt, f"HTTP {error.status}", attempts, first, last)
-        except httpx.TransportError as error:
-            return Outcome(self._gave_up(envelope, attempts), None, "", _describe(error), attempts, first, last)
-        return Outcome(None, status, "", "", attempts, first, last)
+            return Outcome(
+                reason="rejected", status=error.status, excerpt=error.excerpt, error=f"HTTP {error.status}",
+                attempt={"at": started, "status": error.status},
+            )
+        except (RetryableStatus, httpx.TransportError) as error:
+            return self._failed(envelope, started, error)
+        return Outcome(delivered=True, status=status, attempt={"at": started, "status": status})
+
+    def _failed(self, envelope: Envelope, started: float, error: RetryableStatus | httpx.TransportError) -> Outcome:
+        number = envelope.attempts + 1
+        if isinstance(error, RetryableStatus):
+            status, excerpt, detail = error.status, error.excerpt, f"HTTP {error.status}"
+            attempt: dict[str, Any] = {"at": started, "status": status}
+            outage = status >= 500
+        else:
+            status, excerpt, detail = None, "", _describe(error)
+            attempt = {"at": started, "error": detail}
+            outage = True
+        wait = self.policy.next_wait(number, envelope.created_at, envelope.expires_at, error)
+        # Stopping short of the attempt budget means the next wait would outlive the TTL.
+        reason = None if wait is not None else ("exhausted" if number >= self.policy.max_attempts else "expired")
+        return Outcome(
+            retry_in=wait, reason=reason, status=status, excerpt=excerpt, error=detail,
+            attempt=attempt, outage=outage,
+        )
 
     def close(self) -> None:
         self._transport.close()
-
-    def _gave_up(self, envelope: Envelope, attempts: int) -> str:
-        # Stopping short of the attempt budget means the next wait would outlive the TTL.
-        return "exhausted" if attempts >= self.settings.max_attempts else "expired"
 
     def _post(self, message_id: str, body: bytes) -> int:
         headers = [*self._headers, f"Idempotency-Key: {message_id}"]

@@ -62,9 +62,9 @@ def _serve_metrics(**_: Any) -> None:
     from prometheus_client import start_http_server
 
     from emailq import metrics
-    from emailq.worker.tasks import dead_letters
+    from emailq.worker import runtime
 
-    metrics.watch_depths(dead_letters().redis, settings.queue)
+    metrics.watch_depths(runtime.get().redis, settings.queue)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
     logging.getLogger("emailq.worker").info(
         "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port

@@ -9,6 +9,7 @@ message's expiry.
 
 from __future__ import annotations
 
+import time
 
 import httpx
 import tenacity
@@ -46,21 +47,41 @@ class wait_retry_after:
         return self.fallback(retry_state)
 
 
-def build_retrying(settings: Settings, seconds_left: float) -> tenacity.Retrying:
-    """The retry policy for one delivery that must finish within `seconds_left`."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type((httpx.TransportError, RetryableStatus)),
-        stop=(
-            tenacity.stop_after_attempt(settings.max_attempts)
-            | tenacity.stop_before_delay(max(seconds_left, 0.0))
-        ),
-        wait=wait_retry_after(
+class RetryPolicy:
+    """tenacity's decision for one failed attempt, without sleeping: the wait before the
+    next attempt, or None to stop. The attempt count and the time since the email was
+    created come from its envelope, so the decision survives the email going back to
+    Redis between attempts."""
+
+    def __init__(self, settings: Settings):
+        self.max_attempts = settings.max_attempts
+        self._retry = tenacity.retry_if_exception_type((httpx.TransportError, RetryableStatus))
+        self._by_attempts = tenacity.stop_after_attempt(settings.max_attempts)
+        self._wait = wait_retry_after(
             tenacity.wait_exponential_jitter(
                 initial=settings.retry_base_seconds,
                 max=settings.retry_max_seconds,
                 jitter=settings.retry_base_seconds,
             ),
             cap=settings.retry_max_seconds,
-        ),
-        reraise=True,
-    )
+        )
+        self._retrying = tenacity.Retrying(retry=self._retry, stop=self._by_attempts, wait=self._wait)
+
+    def next_wait(self, attempt: int, created_at: float, expires_at: float, error: BaseException) -> float | None:
+        """Seconds to wait before attempt `attempt + 1`, after attempt `attempt` (1-based)
+        failed with `error`; None when it must not be retried."""
+        state = tenacity.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        outcome: tenacity.Future = tenacity.Future(attempt)
+        outcome.set_exception(error)
+        state.outcome = outcome
+        # tenacity measures the delay from the first attempt; ours starts at creation.
+        state.start_time = 0.0
+        state.outcome_timestamp = max(0.0, time.time() - created_at)
+        if not self._retry(state):
+            return None
+        state.upcoming_sleep = self._wait(state)
+        stop = self._by_attempts | tenacity.stop_before_delay(max(expires_at - created_at, 0.0))
+        if stop(state):
+            return None
+        return state.upcoming_sleep

@@ -1,115 +1,182 @@
-"""The `emailq.deliver` task: one email from the queue to the endpoint, or to the DLQ.
+"""The `emailq.deliver` task: one attempt, then the email moves on in one atomic step.
 
-A task that dead-letters raises `DeadLettered`, so Celery records it as failed and
-Flower lists it with the reason; the message is acked either way (it is safe in the DLQ).
+Delivered: acked. A retryable failure: into the retry schedule with one more attempt
+spent, and the thread is free at once. Anything else: the DLQ, with every attempt's
+outcome; the task then raises `DeadLettered`, so Celery records it as failed and Flower
+lists it with the reason. An unexpected exception dead-letters the email as `error` too.
+If Redis cannot take the move yet (full, unreachable), the email stays in this worker's
+in-flight list and goes back to the queue once Redis has room: it is never acked unmoved.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
+from celery import signals
 from pydantic import ValidationError
 
 from emailq import metrics
-from emailq.enqueue import resolve_redis_url
 from emailq.message import Envelope
 from emailq.settings import get_settings
-from emailq.task_message import TASK_NAME
+from emailq.task_message import TASK_NAME, task_message
+from emailq.worker import runtime
 from emailq.worker.app import app
-from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter, DeadLetters
-from emailq.worker.delivery import Deliverer, Outcome
+from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
+from emailq.worker.delivery import Outcome
 from emailq.worker.failure_events import FailureEvents
+from emailq.worker.housekeeping import Housekeeper
+from emailq.worker.in_flight import Taken
 
 log = logging.getLogger("emailq.worker")
-T = TypeVar("T")
+
+# How long a task keeps trying to write its outcome to a Redis that refuses it, before
+# leaving the email to go back on the queue (the worker's shutdown cuts this short).
+SETTLE_PATIENCE_SECONDS = 10
 
 
 class DeadLettered(Exception):
     """The email could not be delivered and is now in the dead-letter queue."""
 
 
-def _one_per_process(factory: Callable[[], T]) -> Callable[[], T]:
-    # The pool's threads start together: without the lock each could build its own
-    # client and circuit breaker.
-    lock = threading.Lock()
-    cached = functools.cache(factory)
-
-    def get() -> T:
-        with lock:
-            return cached()
-
-    return get
+_failure_events = FailureEvents(app)
+_housekeeper: Housekeeper | None = None
 
 
-@_one_per_process
-def deliverer() -> Deliverer:
-    return Deliverer(get_settings())
-
-
-@_one_per_process
-def dead_letters() -> DeadLetters:
-    settings = get_settings()
-    client = redis.Redis.from_url(resolve_redis_url(settings), health_check_interval=10)
-    return DeadLetters(client, settings.queue)
-
-
-@_one_per_process
-def failure_events() -> FailureEvents:
-    return FailureEvents(app)
-
-
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(DeadLettered,))
+@app.task(name=TASK_NAME, bind=True, acks_late=True, throws=(DeadLettered,))
 def deliver(task: Any, envelope: Any) -> None:
+    rt = runtime.get()
+    taken = rt.in_flight.for_message(task.request.id)
     try:
         parsed = Envelope.model_validate(envelope, context={"from_queue": True})
     except ValidationError as error:
+        rt.breaker.skipped()
+        first = error.errors()[0]
+        detail = f"invalid envelope: {error.error_count()} problem(s), first: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        _dead_letter(task, taken, DeadLetter(id=_id_of(task, envelope), reason="malformed", detail=detail, raw=str(envelope)[:RAW_LIMIT]))
+        return
+    try:
+        outcome = rt.deliverer.deliver(parsed)
+    except Exception as error:  # a bug must not lose the email: keep it, say what happened
+        log.exception("delivery of %s failed unexpectedly", parsed.id)
+        rt.breaker.skipped()
         entry = DeadLetter(
-            id=_id_of(envelope),
-            reason="malformed",
-            detail=f"invalid envelope: {error.error_count()} problem(s), first: "
-            f"{'.'.join(map(str, error.errors()[0]['loc']))}: {error.errors()[0]['msg']}",
-            raw=str(envelope)[:RAW_LIMIT],
+            id=parsed.id, reason="error", detail=f"{type(error).__name__}: {_redacted(str(error))}"[:300],
+            attempts=parsed.attempts, history=parsed.history, envelope=parsed.dump(),
         )
+        _dead_letter(task, taken, entry)
+        return
+    _follow(task, taken, parsed, outcome)
+
+
+def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome) -> None:
+    rt = runtime.get()
+    if not outcome.sent:
+        rt.breaker.skipped()
+    elif outcome.outage:
+        rt.breaker.failed(envelope.id, envelope.attempts + 1)
     else:
-        outcome = deliverer().deliver(parsed)
-        if outcome.attempts > 1:
-            metrics.RETRIED.inc(outcome.attempts - 1)
-        if outcome.delivered:
-            metrics.DELIVERED.inc()
-            metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - parsed.created_at))
-            log.info("delivered %s in %d attempt(s)", parsed.id, outcome.attempts)
-            return
-        entry = _entry(parsed, outcome)
-    dead_letters().add(entry)
+        rt.breaker.succeeded()
+    if outcome.delivered:
+        metrics.DELIVERED.inc()
+        metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - envelope.created_at))
+        log.info("delivered %s in %d attempt(s)", envelope.id, envelope.attempts + 1)
+        return
+    if outcome.retry_in is not None and outcome.attempt is not None:
+        retry = envelope.after(outcome.attempt)
+        message = task_message(retry, rt.settings.queue)
+        if _settle(taken, lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
+            metrics.RETRIED.inc()
+            log.info(
+                "attempt %d of %s failed (%s): retrying in %.1fs",
+                retry.attempts, envelope.id, outcome.error, outcome.retry_in,
+            )
+        return
+    _dead_letter(task, taken, _entry(envelope, outcome))
+
+
+def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
+    rt = runtime.get()
+    if not _settle(taken, lambda t: rt.dead_letters.add(entry, taken_from=(t.inflight_key, t.item))):
+        return
     metrics.DEAD_LETTERED.labels(entry.reason).inc()
     error = DeadLettered(entry.summary())
     log.warning("dead-lettered %s: %s", entry.id, error)
-    if get_settings().task_events == "failures":
-        failure_events().announce(task.request, repr(error))
+    if rt.settings.task_events == "failures":
+        _failure_events.announce(task.request, repr(error))
     raise error
 
 
+def _settle(taken: Taken | None, move: Any) -> bool:
+    """Run `move` (in-flight -> schedule or DLQ) until Redis takes it. False when the
+    email is no longer ours (reclaimed after a stall) or Redis kept refusing."""
+    if taken is None:
+        log.error("no in-flight record for this task; leaving it to the visibility backstop")
+        return False
+    rt = runtime.get()
+    deadline = time.monotonic() + SETTLE_PATIENCE_SECONDS
+    while True:
+        try:
+            moved = bool(move(taken))
+        except redis.RedisError as error:
+            if time.monotonic() > deadline or rt.stopping.is_set():
+                log.warning("Redis refused the outcome of %s (%s): it goes back on the queue", taken.message_id, error)
+                rt.in_flight.give_back(taken)
+                return False
+            time.sleep(0.5)
+            continue
+        taken.settled = True
+        if not moved:
+            log.warning("%s was taken back from this worker before its outcome was written", taken.message_id)
+        return moved
+
+
 def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
+    history = [*envelope.history, *([outcome.attempt] if outcome.attempt else [])]
     return DeadLetter(
         id=envelope.id,
         reason=outcome.reason or "exhausted",
         detail=outcome.error,
         status=outcome.status,
         response_excerpt=outcome.excerpt,
-        attempts=envelope.attempts + outcome.attempts,
-        first_attempt_at=outcome.first_attempt_at,
-        last_attempt_at=outcome.last_attempt_at,
+        attempts=len(history),
+        first_attempt_at=history[0]["at"] if history else None,
+        last_attempt_at=history[-1]["at"] if history else None,
+        history=history,
         envelope=envelope.dump(),
     )
 
 
-def _id_of(envelope: Any) -> str:
+def _redacted(text: str) -> str:
+    settings = get_settings()
+    for secret in (settings.endpoint_authorization, settings.signing_secret):
+        if secret is not None and secret.get_secret_value():
+            text = text.replace(secret.get_secret_value(), "***")
+    return text
+
+
+def _id_of(task: Any, envelope: Any) -> str:
     if isinstance(envelope, dict) and isinstance(envelope.get("id"), str):
         return envelope["id"]
-    return deliver.request.id
+    return str(task.request.id)
+
+
+@signals.worker_ready.connect
+def _start_housekeeping(**_: Any) -> None:
+    global _housekeeper
+    _housekeeper = Housekeeper(runtime.get())
+    _housekeeper.start()
+
+
+@signals.worker_shutting_down.connect
+def _stopping(**_: Any) -> None:
+    runtime.get().stopping.set()
+
+
+@signals.worker_shutdown.connect
+def _leave(**_: Any) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stop()
+        _housekeeper.leave()

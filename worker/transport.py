@@ -1,15 +1,17 @@
-"""kombu's Redis transport, made safe against a worker killed at the wrong moment.
+"""kombu's Redis transport, with emails owned by the worker process (`in_flight.py`).
 
-Two changes to how kombu's Redis channel consumes a queue:
+What changes from kombu's Redis channel:
 
-- No message is lost between the pop and the bookkeeping. kombu pops with BRPOP, then
-  records the message as unacked in a second command: a worker killed in between (the
-  reply already in its socket) loses the message for good. Here the pop is a BLMOVE
-  onto this consumer's own inbox list, and the unacked record and the removal from the
-  inbox are one MULTI. Inboxes of consumers that stopped refreshing their `alive` key are
-  moved back onto their queue by any live worker's periodic sweep.
-- No worker dies on a bad item. An item that is not JSON, or not a kombu message, goes to
-  the DLQ as `malformed` and the worker carries on.
+- The pop is a BLMOVE from the queue onto this process's in-flight list, and the email
+  stays there until it is settled; nothing else is written per email. kombu's shared,
+  unprefixed `unacked` hash is never used, so another Celery app on the same database is
+  never touched, and a closed channel (a dropped connection) gives nothing back.
+- While the circuit breaker is open, the channel stops popping (`QoS.can_consume`).
+- Anything on the queue that is not a deliverable kombu message goes to the DLQ as
+  `malformed`, once, and the worker carries on without reconnecting.
+
+kombu's private methods overridden here are pinned by `pyproject.toml` (kombu 5.7.x) and
+checked by `tests/test_kombu_contract.py`.
 """
 
 from __future__ import annotations
@@ -24,39 +26,42 @@ from kombu.transport import virtual
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 
-INBOXES = "_emailq.inboxes"  # set of JSON [queue, inbox key, alive key]
-
-
-def _park(raw: str, detail: str) -> None:
-    from emailq.worker.consumer import dead_letter_raw
-
-    dead_letter_raw(raw, detail)
+from emailq.keys import Keys
+from emailq.worker import runtime
+from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
+from emailq.worker.in_flight import OWNER, Taken
 
 
 class QoS(kombu_redis.QoS):
+    restore_at_shutdown = False
+
+    def can_consume(self) -> bool:
+        return super().can_consume() and runtime.get().breaker.may_take()
+
     def append(self, message: Any, delivery_tag: str) -> None:
-        raw = self.channel._popped
-        if raw is None:
-            return super().append(message, delivery_tag)
-        inbox, item = raw
-        with self.pipe_or_acquire() as pipe:
-            # Unacked record and removal from the inbox in one transaction: the message
-            # is always in exactly one of them.
-            pipe.multi()
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(
-                self.unacked_key,
-                delivery_tag,
-                json.dumps([message._raw, message.delivery_info["exchange"], message.delivery_info["routing_key"]]),
-            )
-            pipe.lrem(inbox, 1, item)
-            pipe.execute()
-        # kombu's own bookkeeping in memory, skipping its Redis write done above.
+        queue, item = self.channel._popped
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        runtime.get().in_flight.take(delivery_tag, Taken(queue, item, headers.get("id"), time.monotonic()))
+        runtime.get().breaker.taken()
         virtual.QoS.append(self, message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        runtime.get().in_flight.ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        # Without requeue kombu would drop it; an email is never dropped, so an unsettled
+        # one goes back on the queue either way (emailq's own paths settle first).
+        runtime.get().in_flight.release(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        # The channel is closing (a reconnect, or shutdown): the emails stay owned by this
+        # process, and their tasks still settle them.
+        self._delivered.clear()
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
-        self.channel.sweep_inboxes()
-        super().restore_visible(*args, **kwargs)
+        pass  # the Housekeeper does this, by heartbeat
 
 
 class Channel(kombu_redis.Channel):
@@ -66,24 +71,19 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._consumer_id = uuid.uuid4().hex
-        self._alive_key = f"_emailq.alive:{self._consumer_id}"
-        self._inboxes: dict[str, str] = {}  # inbox key -> its member of INBOXES
         self._popped: tuple[str, bytes] | None = None
         self._brpop_queue: str | None = None
-        # Refreshed on every restore tick; a few missed ticks mean the consumer is dead,
-        # so its inbox comes back about as fast as its unacked messages do.
-        self._alive_seconds = max(10, 3 * int(self.unacked_restore_interval))
 
-    def _inbox(self, queue: str) -> str:
-        inbox = f"{queue}:inbox:{self._consumer_id}"
-        if inbox not in self._inboxes:
-            member = json.dumps([queue, inbox, self._alive_key])
-            with self.conn_or_acquire() as client:
-                client.set(self._alive_key, 1, ex=self._alive_seconds)
-                client.sadd(INBOXES, member)
-            self._inboxes[inbox] = member
-        return inbox
+    def _inflight(self, queue: str) -> str:
+        rt = runtime.get()
+        if queue not in rt.in_flight.queues:
+            keys = Keys(queue)
+            with rt.redis.pipeline(transaction=True) as pipe:
+                pipe.set(keys.alive(OWNER), 1, px=int(rt.settings.heartbeat_seconds * 1000))
+                pipe.sadd(keys.owners, OWNER)
+                pipe.execute()
+            rt.in_flight.queues.add(queue)
+        return Keys(queue).inflight(OWNER)
 
     def _brpop_start(self, timeout: Any = None) -> None:
         if timeout is None:
@@ -94,10 +94,10 @@ class Channel(kombu_redis.Channel):
         queue = queues[0]
         self._queue_cycle.rotate(queue)  # several queues take turns, one blocking pop each
         self._brpop_queue = queue
-        inbox = self._inbox(queue)
+        inflight = self._inflight(queue)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command("BLMOVE", queue, inbox, "RIGHT", "LEFT", timeout or 0)
+        self.client.connection.send_command("BLMOVE", queue, inflight, "RIGHT", "LEFT", timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -109,14 +109,12 @@ class Channel(kombu_redis.Channel):
             if not item:
                 raise Empty()
             queue = self._brpop_queue
-            inbox = self._inbox(queue)
-            try:
-                message = json.loads(bytes_to_str(item))
-            except json.JSONDecodeError as error:
-                _park(error.doc, f"not JSON: {error.msg}")
-                self.client.lrem(inbox, 1, item)
+            assert queue is not None
+            problem, message = _decode(item)
+            if problem:
+                _dead_letter(queue, item, problem)
                 return True
-            self._popped = (inbox, item)
+            self._popped = (queue, item)
             try:
                 self.connection._deliver(message, queue)
             finally:
@@ -127,47 +125,37 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _get(self, queue: str) -> Any:
-        try:
-            return super()._get(queue)
-        except json.JSONDecodeError as error:
-            _park(error.doc, f"not JSON: {error.msg}")
-            raise Empty() from None
+        raise Empty()  # emailq consumes only by BLMOVE: an email must land in an in-flight list
 
-    def sweep_inboxes(self) -> None:
-        """Refresh this consumer's `alive` key; move dead consumers' inboxes back."""
-        with self.conn_or_acquire() as client:
-            if self._inboxes:
-                client.set(self._alive_key, 1, ex=self._alive_seconds)
-                # Again each time: a consumer stalled past its key's expiry was swept and
-                # unregistered, and a Redis restored without this set forgot it.
-                client.sadd(INBOXES, *self._inboxes.values())
-            for member in client.smembers(INBOXES):
-                queue, inbox, alive = json.loads(member)
-                if client.exists(alive):
-                    continue
-                while client.lmove(inbox, queue, "RIGHT", "RIGHT") is not None:
-                    pass
-                client.srem(INBOXES, member)
+
+def _decode(item: bytes) -> tuple[str, Any]:
+    """(problem, message): a problem when `item` is not a kombu message kombu can deliver."""
+    try:
+        message = json.loads(bytes_to_str(item))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"not JSON: {error}", None
+    if not isinstance(message, dict) or not isinstance(message.get("body"), str):
+        return "not a kombu message", None
+    properties, headers = message.get("properties"), message.get("headers", {})
+    if not isinstance(properties, dict) or not isinstance(headers, dict):
+        return "not a kombu message: properties or headers are not objects", None
+    if not isinstance(properties.get("delivery_tag"), str) or not properties["delivery_tag"]:
+        return "kombu message without a delivery tag", None
+    if properties.get("body_encoding", "base64") not in ("base64", None):
+        return f"unknown body encoding {properties.get('body_encoding')!r}", None
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        return "kombu message with a delivery_info that is not an object", None
+    if not isinstance(message.get("content-type", ""), str):
+        return "kombu message with a content-type that is not a string", None
+    return "", message
+
+
+def _dead_letter(queue: str, item: bytes, problem: str) -> None:
+    """A queue item kombu cannot deliver: to the DLQ, out of the in-flight list at once."""
+    raw = item.decode("utf-8", errors="replace")
+    entry = DeadLetter(id=str(uuid.uuid4()), reason="malformed", detail=problem[:300], raw=raw[:RAW_LIMIT])
+    runtime.get().dead_letters.add(entry, taken_from=(Keys(queue).inflight(OWNER), item))
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
-
-    def _deliver(self, message: Any, queue: str | None) -> None:
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("properties"), dict)
-            and isinstance(message.get("headers", {}), dict)
-            and "body" in message
-        ):
-            _park(json.dumps(message), "not a kombu message")
-            self._drop_popped()
-            return
-        super()._deliver(message, queue)
-
-    def _drop_popped(self) -> None:
-        for channel in self.channels:
-            if channel._popped is not None:
-                inbox, item = channel._popped
-                with channel.conn_or_acquire() as client:
-                    client.lrem(inbox, 1, item)

@@ -1,0 +1,54 @@
+"""Every Redis key emailq writes, named in one place.
+
+All of them start with the queue's name (`EMAILQ_QUEUE`, default `emailq`), so emailq
+shares a Redis database with other apps without reading or moving their keys.
+
+    <q>                      list    queued: Celery task messages; producers LPUSH, workers
+                                     take from the right (BLMOVE onto their in-flight list)
+    <q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
+    <q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
+    <q>:owners               set     owners that may hold an in-flight list
+    <q>:schedule             zset    task messages waiting to be retried, scored by due
+                                     time (ms, Redis's clock); due ones rejoin <q>
+    <q>:dlq                  hash    message id -> dead-letter entry (JSON)
+    <q>:dlq:index            zset    message id scored by the time it failed
+
+An email is in exactly one of <q>, an in-flight list, <q>:schedule and <q>:dlq (or
+delivered), and every move between them is one Lua script or MULTI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Written by releases before the in-flight lists; read only to take over what they left.
+LEGACY_INBOXES = "_emailq.inboxes"
+LEGACY_UNACKED = "unacked"
+LEGACY_UNACKED_INDEX = "unacked_index"
+
+
+@dataclass(frozen=True)
+class Keys:
+    queue: str
+
+    @property
+    def owners(self) -> str:
+        return f"{self.queue}:owners"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.queue}:schedule"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}:dlq"
+
+    @property
+    def dlq_index(self) -> str:
+        return f"{self.queue}:dlq:index"
+
+    def inflight(self, owner: str) -> str:
+        return f"{self.queue}:inflight:{owner}"
+
+    def alive(self, owner: str) -> str:
+        return f"{self.queue}:alive:{owner}"

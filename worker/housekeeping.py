@@ -1,0 +1,121 @@
+"""The worker's background duties, on a thread of their own, every `TICK_SECONDS`:
+
+- its heartbeat: `PEXPIRE` on `<q>:alive:<owner>` (a full Redis under `noeviction` still
+  accepts it; `SET` only when the key is gone);
+- moving due retries from the schedule to the back of the queue;
+- putting back the in-flight emails of owners whose heartbeat lapsed — but only once this
+  worker has itself been talking to Redis for a whole heartbeat lifetime, so that after
+  an outage or a failover it does not declare dead the workers still reconnecting;
+- repeating acks and releases that Redis did not take, and giving back (the backstop)
+  emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`.
+
+A thread rather than Celery's event loop: the loop is rebuilt on every reconnect and
+stalls with it, and a heartbeat must not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from emailq.keys import Keys
+from emailq.worker.in_flight import OWNER
+from emailq.worker.runtime import Runtime
+
+log = logging.getLogger("emailq.worker")
+
+TICK_SECONDS = 0.5
+
+
+class Housekeeper:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self._ttl_ms = int(self.settings.heartbeat_seconds * 1000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="emailq-housekeeper", daemon=True)
+        self._connected_since: float | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except redis.RedisError as error:
+                self._connected_since = None
+                if not self._failing:
+                    log.warning("Redis unavailable to the housekeeper (%s); still trying", error)
+                self._failing = True
+            except Exception:
+                log.exception("housekeeping failed; continuing")
+            else:
+                if self._failing:
+                    log.warning("Redis available again")
+                self._failing = False
+
+    def tick(self) -> None:
+        self.beat()
+        runtime = self.runtime
+        runtime.in_flight.finish_unfinished()
+        runtime.schedule.move_due()
+        for taken in runtime.in_flight.overdue(self.settings.visibility_timeout):
+            log.warning("%s held for over %ss: back to the queue", taken.message_id, self.settings.visibility_timeout)
+            runtime.in_flight.give_back(taken)
+        if self._connected_since is not None and time.monotonic() - self._connected_since >= self.settings.heartbeat_seconds:
+            self.reclaim_dead()
+
+    def beat(self) -> None:
+        client = self.runtime.redis
+        queues = self.runtime.in_flight.queues or {self.settings.queue}
+        for queue in queues:
+            keys = Keys(queue)
+            if not client.pexpire(keys.alive(OWNER), self._ttl_ms):
+                with client.pipeline(transaction=True) as pipe:
+                    pipe.set(keys.alive(OWNER), 1, px=self._ttl_ms)
+                    pipe.sadd(keys.owners, OWNER)
+                    pipe.execute()
+        if self._connected_since is None:
+            self._connected_since = time.monotonic()
+
+    def reclaim_dead(self) -> None:
+        client = self.runtime.redis
+        for queue in self.runtime.in_flight.queues or {self.settings.queue}:
+            keys = Keys(queue)
+            for raw in client.smembers(keys.owners):
+                owner = raw.decode()
+                if owner == OWNER:  # the script checks the heartbeat atomically
+                    continue
+                moved = self.runtime.in_flight.reclaim(queue, owner)
+                if moved > 0:
+                    log.warning("worker %s stopped its heartbeat: %d email(s) back on %s", owner, moved, queue)
+
+    def leave(self) -> None:
+        """At a clean exit, after the pool finished: give back what is left, stop the
+        heartbeat so that nothing waits for it to lapse."""
+        runtime = self.runtime
+        runtime.in_flight.give_back_all()
+        runtime.in_flight.finish_unfinished()
+        try:
+            for queue in runtime.in_flight.queues or {self.settings.queue}:
+                keys = Keys(queue)
+                if runtime.redis.llen(keys.inflight(OWNER)) == 0:
+                    with runtime.redis.pipeline(transaction=True) as pipe:
+                        pipe.srem(keys.owners, OWNER)
+                        pipe.delete(keys.alive(OWNER))
+                        pipe.execute()
+                else:
+                    # What Redis could not take back waits for the heartbeat to lapse.
+                    log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(OWNER))
+        except redis.RedisError as error:
+            log.warning("could not unregister from Redis (%s): other workers will after %ss", error, self.settings.heartbeat_seconds)

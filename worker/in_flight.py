@@ -1,0 +1,172 @@
+"""The emails this worker process holds, owned by the process rather than by a connection.
+
+A worker process is one *owner* (`OWNER`). It takes an email with BLMOVE from the queue
+onto its own in-flight list (`<q>:inflight:<owner>`, see `emailq.keys`), so an email that
+was taken is never only in a socket. It leaves that list in one atomic step: acked when
+delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
+
+kombu ties unacked messages to a channel and puts them back on the queue when the
+channel closes — on every dropped connection, while their threads are still posting them.
+Here a reconnect gives nothing back: the records live in this process, and only a lapsed
+heartbeat (`Housekeeper`) lets another worker take an owner's list back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from emailq.keys import Keys
+
+log = logging.getLogger("emailq.worker")
+
+OWNER = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+# An owner whose heartbeat lapsed: its whole list goes back to the head of its queue.
+_RECLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
+redis.call('SREM', KEYS[1], ARGV[1])
+return n
+"""
+
+# One email back to the head of its queue, if this owner still holds it.
+_RELEASE = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return 1
+"""
+
+
+@dataclass
+class Taken:
+    """One email this process holds: where it sits in Redis, and since when."""
+
+    queue: str
+    item: bytes
+    message_id: str | None
+    taken_at: float
+    settled: bool = False
+
+    @property
+    def inflight_key(self) -> str:
+        return Keys(self.queue).inflight(OWNER)
+
+
+class InFlight:
+    """This process's records of taken emails, keyed by kombu delivery tag; thread-safe."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._lock = threading.Lock()
+        self._by_tag: dict[str, Taken] = {}
+        self._by_id: dict[str, list[str]] = {}
+        # Settled in memory, but Redis did not hear it yet (a dropped connection, a full
+        # Redis): the Housekeeper repeats these until they land.
+        self._unfinished: list[tuple[str, Taken]] = []
+        self.queues: set[str] = set()
+        self._reclaim = client.register_script(_RECLAIM)
+        self._release = client.register_script(_RELEASE)
+
+    def take(self, tag: str, taken: Taken) -> None:
+        with self._lock:
+            self._by_tag[tag] = taken
+            if taken.message_id:
+                self._by_id.setdefault(taken.message_id, []).append(tag)
+
+    def get(self, tag: str) -> Taken | None:
+        with self._lock:
+            return self._by_tag.get(tag)
+
+    def for_message(self, message_id: str) -> Taken | None:
+        """The unsettled record of a message this process holds, if any."""
+        with self._lock:
+            for tag in self._by_id.get(message_id, []):
+                taken = self._by_tag[tag]
+                if not taken.settled:
+                    return taken
+        return None
+
+    def held(self) -> int:
+        with self._lock:
+            return sum(not t.settled for t in self._by_tag.values())
+
+    def ack(self, tag: str) -> None:
+        """Delivered (or already moved by its task): forget it, removing it from Redis."""
+        taken = self._forget(tag)
+        if taken is None or taken.settled:
+            return
+        taken.settled = True
+        try:
+            self.redis.lrem(taken.inflight_key, 1, taken.item)
+        except redis.RedisError:
+            self._later("ack", taken)
+
+    def release(self, tag: str) -> None:
+        """Back to the head of its queue (Celery asked to requeue it)."""
+        taken = self._forget(tag)
+        if taken is not None and not taken.settled:
+            self.give_back(taken)
+
+    def give_back(self, taken: Taken) -> None:
+        taken.settled = True
+        try:
+            self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])
+        except redis.RedisError:
+            self._later("release", taken)
+
+    def overdue(self, older_than: float) -> list[Taken]:
+        """Unsettled records taken more than `older_than` seconds ago."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            return [t for t in self._by_tag.values() if not t.settled and t.taken_at < cutoff]
+
+    def give_back_all(self) -> int:
+        """At shutdown: every email not yet settled goes back to its queue."""
+        with self._lock:
+            left = [t for t in self._by_tag.values() if not t.settled]
+        for taken in left:
+            self.give_back(taken)
+        return len(left)
+
+    def finish_unfinished(self) -> None:
+        with self._lock:
+            todo, self._unfinished = self._unfinished, []
+        for what, taken in todo:
+            try:
+                if what == "ack":
+                    self.redis.lrem(taken.inflight_key, 1, taken.item)
+                else:
+                    self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])
+            except redis.RedisError:
+                self._later(what, taken)
+
+    def reclaim(self, queue: str, owner: str) -> int:
+        """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
+        keys = Keys(queue)
+        return int(self._reclaim(keys=[keys.owners, keys.alive(owner), keys.inflight(owner), queue], args=[owner]))
+
+    def _forget(self, tag: str) -> Taken | None:
+        with self._lock:
+            taken = self._by_tag.pop(tag, None)
+            if taken is not None and taken.message_id:
+                tags = self._by_id.get(taken.message_id, [])
+                if tag in tags:
+                    tags.remove(tag)
+                if not tags:
+                    self._by_id.pop(taken.message_id, None)
+            return taken
+
+    def _later(self, what: str, taken: Taken) -> None:
+        log.warning("Redis did not take the %s of %s; retrying", what, taken.message_id)
+        with self._lock:
+            self._unfinished.append((what, taken))

@@ -1,0 +1,63 @@
+"""The worker process's shared objects, built once from the settings.
+
+The consumer (the kombu transport, on Celery's event loop) and the tasks (in the pool's
+threads) meet here: both see the same in-flight records, circuit breaker and Redis
+client, whichever reconnects or restarts around them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import redis
+
+from emailq import metrics
+from emailq.enqueue import resolve_redis_url
+from emailq.settings import Settings, get_settings
+from emailq.worker.circuit_breaker import CircuitBreaker
+from emailq.worker.dead_letters import DeadLetters
+from emailq.worker.delivery import Deliverer
+from emailq.worker.in_flight import InFlight
+from emailq.worker.retry_schedule import RetrySchedule
+
+_lock = threading.Lock()
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        # A short socket timeout: a Redis that stalls must not hang a thread for long.
+        self.redis = redis.Redis.from_url(
+            resolve_redis_url(settings),
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=10,
+        )
+        self.in_flight = InFlight(self.redis)
+        self.schedule = RetrySchedule(self.redis, settings.queue)
+        self.dead_letters = DeadLetters(self.redis, settings.queue)
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold,
+            settings.breaker_probe_seconds,
+            on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
+        )
+        self.stopping = threading.Event()
+
+    @functools.cached_property
+    def deliverer(self) -> Deliverer:
+        return Deliverer(self.settings)
+
+
+_runtime: Runtime | None = None
+
+
+def get() -> Runtime:
+    """This process's runtime; the pool's threads start together, hence the lock."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = Runtime(get_settings())
+    return _runtime
