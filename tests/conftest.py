@@ -249,6 +249,16 @@ def settings_env(redis_server: RedisServer, endpoint: Endpoint, tmp_path: Path) 
     }
 
 
+@pytest.fixture
+def defaults_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """What a user runs: every setting at its default but where Redis and the endpoint are
+    (the worker's environment is merged over `settings_env`, so the tuned values of
+    `settings_env` are reset to the defaults here)."""
+    defaults = Settings.model_fields
+    tuned = ("EMAILQ_RETRY_BASE_SECONDS", "EMAILQ_RETRY_MAX_SECONDS", "EMAILQ_MAX_ATTEMPTS", "EMAILQ_CONCURRENCY")
+    return {name: str(defaults[name.removeprefix("EMAILQ_").lower()].default) for name in tuned}
+
+
 def settings_from(env: dict[str, str]) -> Settings:
     values = {k.removeprefix("EMAILQ_").lower(): v for k, v in env.items()}
     return Settings(_env_file=None, **values)

@@ -1,19 +1,21 @@
-"""Stop taking emails while the endpoint is down, without holding any.
+"""Stop taking fresh emails while the endpoint is down, without holding any in a thread.
 
-The breaker opens when `threshold` distinct emails have each failed with an outage
-(a network error, a timeout, a 5xx) on their `MIN_FAILED_ATTEMPT`-th attempt or later,
-with no successful delivery in between. A single failure says little: one broken
-template or recipient domain fails every time while the endpoint is fine, and some
-endpoints fail an email's first tries and accept a later one. Ten different emails that
-each failed three times in a row, over a few seconds of backoff, while nothing else got
-through, do describe an outage; a minority of always-failing emails never opens it,
-because the healthy ones keep succeeding in between.
+The breaker opens when, with no successful delivery in between, `threshold` distinct
+emails have each failed with an outage (a network error, a timeout, a 5xx) on their
+`MIN_FAILED_ATTEMPT`-th attempt or later, *and* `threshold` fresh emails failed on their
+first. One failure says little: a broken template or recipient domain fails every time
+while the endpoint is fine, and some endpoints fail an email's first tries and accept a
+later one. Fresh emails failing too, and emails failing three times in a row over a few
+seconds of backoff, while nothing gets through, describe an outage. A minority of
+always-failing emails never opens it: the healthy ones succeed in between.
 
 While open, the worker takes nothing from the queue (emails wait in Redis, not in
-threads) except one email every `probe_seconds`. Probes are whatever is at the head of
-the queue, fresh or a due retry, so they rotate; a failed probe spends its email's attempt
-like any other failure, so no email is probed forever. The first success (or any answer
-that is not an outage, such as a 4xx or a 429) closes the breaker.
+threads) except one probe at a time: the head of the queue, fresh or a due retry, so
+probes rotate. A failed probe spends its email's attempt like any failure, so no email is
+held forever. After a fresh email fails as a probe the next waits `probe_seconds`; after
+a retried one it may go at once, so retries keep their own backoff and a queue headed by
+always-failing emails drains to the DLQ instead of being probed one per interval. The
+first success (or any answer that is not an outage, such as a 4xx or a 429) closes it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CircuitBreaker:
         self._on_change = on_change or (lambda is_open: None)
         self._lock = threading.Lock()
         self._failing: set[str] = set()
+        self._fresh_failures = 0
         self._open = False
         self._probe_out = False
         self._next_probe = 0.0
@@ -66,6 +69,7 @@ class CircuitBreaker:
         """The endpoint answered with anything but an outage."""
         with self._lock:
             self._failing.clear()
+            self._fresh_failures = 0
             was_open, self._open, self._probe_out = self._open, False, False
         if was_open:
             log.warning("endpoint answered again: resuming deliveries")
@@ -76,16 +80,20 @@ class CircuitBreaker:
         with self._lock:
             if self._open:
                 self._probe_out = False
-                self._next_probe = time.monotonic() + self.probe_seconds
+                if attempt == 1:
+                    self._next_probe = time.monotonic() + self.probe_seconds
                 return
+            if attempt == 1:
+                self._fresh_failures += 1
             if attempt >= MIN_FAILED_ATTEMPT:
                 self._failing.add(message_id)
-            opened = bool(self.threshold) and len(self._failing) >= self.threshold
+            opened = bool(self.threshold) and min(len(self._failing), self._fresh_failures) >= self.threshold
             if opened:
                 self._open = True
                 self._probe_out = False
                 self._next_probe = time.monotonic() + self.probe_seconds
                 self._failing.clear()
+                self._fresh_failures = 0
         if opened:
             log.warning(
                 "endpoint looks down (%d emails failed %d+ times in a row, nothing delivered "
