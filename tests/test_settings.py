@@ -158,7 +158,7 @@ def test_invalid_value_stops_the_command_with_one_line(settings_env, redis_clien
 def test_visibility_timeout_shorter_than_the_longest_delivery_is_refused(
     settings_env, redis_client, tmp_path
 ):
-    # With the defaults a delivery may take many minutes; 10 s cannot cover it.
+    # A worker holds an email for one attempt at most, 2 x EMAILQ_REQUEST_TIMEOUT (20 s) with room.
     env = {**settings_env, "EMAILQ_VISIBILITY_TIMEOUT": "10", "EMAILQ_ENDPOINT_URL": "http://127.0.0.1:9/"}
     for command in (SEND, ["worker"], ["status"]):
         assert_refused_naming(run_emailq(command, env, tmp_path), "EMAILQ_VISIBILITY_TIMEOUT")

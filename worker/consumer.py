@@ -22,21 +22,19 @@ log = logging.getLogger("emailq.worker")
 
 
 class Consumer(CeleryConsumer):
+    # Celery's own handlers log a traceback per item and ack or reject it; here each item
+    # gets one line, and the ack comes after the DLQ holds it.
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         _dead_letter(message, f"undecodable message: {exc}")
-        super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         _dead_letter(message, "not a Celery task message")
-        super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         _dead_letter(message, f"unknown task {message.headers.get('task')!r}")
-        super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         _dead_letter(message, f"invalid task message: {exc}")
-        super().on_invalid_task(body, message, exc)
 
 
 def _dead_letter(message: Any, detail: str) -> None:
@@ -50,6 +48,7 @@ def _dead_letter(message: Any, detail: str) -> None:
     taken = rt.in_flight.get(message.delivery_tag)
     if taken is None or taken.settled:
         rt.dead_letters.add(entry)
+        message.ack()
         return
     try:
         rt.dead_letters.add(entry, taken_from=(taken.inflight_key, taken.item))
@@ -57,5 +56,8 @@ def _dead_letter(message: Any, detail: str) -> None:
         # Back to the queue rather than acked: it is dead-lettered once Redis has room.
         log.warning("could not dead-letter a malformed message (%s); it goes back on the queue", error)
         rt.in_flight.release(message.delivery_tag)
+        message.ack()
         return
     taken.settled = True
+    log.warning("dead-lettered %s: malformed: %s", entry.id, entry.detail)
+    message.ack()
