@@ -21,12 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Written by releases before the in-flight lists; read only to take over what they left.
-LEGACY_INBOXES = "_emailq.inboxes"
-LEGACY_UNACKED = "unacked"
-LEGACY_UNACKED_INDEX = "unacked_index"
-
-
 @dataclass(frozen=True)
 class Keys:
     queue: str
