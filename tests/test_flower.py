@@ -67,19 +67,21 @@ def test_dead_lettered_email_is_a_failed_task_with_its_reason(flower, producer, 
     assert "foo@logto.io" in shown
 
 
-def test_queue_and_dlq_depths_are_visible_in_flower(flower, producer, start_worker, endpoint):
-    endpoint.behave = lambda headers, body: Reply(422)
-    worker = start_worker()
-    producer.send_many([SIGN_IN] * 2)
-    wait_for(lambda: len(endpoint.received) == 2, 20, "two rejected emails")
+def test_queue_schedule_and_dlq_depths_are_visible_in_flower(flower, producer, start_worker, endpoint):
+    later = Reply(503, headers={"Retry-After": "60"})
+    endpoint.behave = lambda headers, body: later if b"later@" in body else Reply(422)
+    worker = start_worker(env={"EMAILQ_RETRY_MAX_SECONDS": "60"})
+    producer.send_many([SIGN_IN] * 2 + [{**SIGN_IN, "to": "later@logto.io"}])
+    wait_for(lambda: len(endpoint.received) == 3, 20, "two rejected emails, one to retry in 60 s")
     worker.stop()  # it has announced the queue; none consumes it now
     producer.send_many([SIGN_IN] * 3)
 
     def depths():
         queues = httpx.get(flower + "/api/queues/length", auth=AUTH).json()["active_queues"]
         shown = {q["name"]: q["messages"] for q in queues}
-        return shown if shown.get("emailq") == 3 and shown.get("emailq:dlq") == 2 else None
+        wanted = {"emailq": 3, "emailq:schedule": 1, "emailq:dlq": 2}
+        return shown if all(shown.get(name) == n for name, n in wanted.items()) else None
 
-    wait_for(depths, 20, "Flower to show 3 queued and 2 dead-lettered", interval=0.5)
+    wait_for(depths, 20, "Flower to show 3 queued, 1 scheduled and 2 dead-lettered", interval=0.5)
     broker_page = httpx.get(flower + "/broker", auth=AUTH).text
-    assert "emailq:dlq" in broker_page
+    assert "emailq:dlq" in broker_page and "emailq:schedule" in broker_page

@@ -1,14 +1,16 @@
-"""Flower, shown the dead-letter queue's depth beside the queue's.
+"""Flower, shown the retry schedule's and the dead-letter queue's depths beside the queue's.
 
 Flower's Broker page and `/api/queues/length` count the Redis lists that workers consume.
-The DLQ is a hash and a sorted set that no worker consumes, so Flower cannot see it; this
-adds it to that count as one more row, `<queue>:dlq`.
+The schedule and the DLQ are sorted sets that no worker consumes, so Flower cannot see
+them; this adds them to that count as two more rows, `<queue>:schedule` and `<queue>:dlq`.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from emailq.keys import Keys
 
 log = logging.getLogger("emailq.flower")
 
@@ -20,15 +22,20 @@ def show_dead_letters(queue: str) -> None:
         log.warning("this Flower version does not expose its Redis broker; DLQ depth not shown")
         return
     count_queues = RedisBase.queues
-    index_key = f"{queue}:dlq:index"
+    keys = Keys(queue)
 
     async def queues(self: Any, names: Any) -> list[dict[str, Any]]:
         # Before Flower's own count, which closes the connection when done.
         try:
-            dead = await self.redis.zcard(index_key)
+            scheduled = await self.redis.zcard(keys.schedule)
+            dead = await self.redis.zcard(keys.dlq_index)
         except Exception:
             await self.redis.aclose()
             raise
-        return [*await count_queues(self, names), {"name": f"{queue}:dlq", "messages": dead}]
+        return [
+            *await count_queues(self, names),
+            {"name": keys.schedule, "messages": scheduled},
+            {"name": f"{queue}:dlq", "messages": dead},
+        ]
 
     RedisBase.queues = queues
