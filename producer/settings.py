@@ -58,9 +58,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=86400)
-    # Distinct emails failing with an outage on their 3rd+ attempt, with nothing delivered
-    # in between, that make a worker stop taking emails (0: never), and how often it then
-    # lets one through as a probe.
+    # How many distinct emails failing with an outage on their 3rd+ attempt, and as many
+    # fresh emails failing on their 1st, with nothing delivered in between, make a worker
+    # stop taking emails (0: never); and how often it then lets one through as a probe.
     breaker_threshold: int = Field(default=10, ge=0)
     breaker_probe_seconds: float = Field(default=2.0, gt=0, le=600)
 

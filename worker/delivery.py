@@ -40,7 +40,10 @@ class Outcome:
     attempt: dict[str, Any] | None = None
     # Whether the failure says the endpoint may be down (for the circuit breaker).
     outage: bool = False
-    sent: bool = True
+
+    @property
+    def sent(self) -> bool:
+        return self.attempt is not None
 
 
 class _Rejected(Exception):
@@ -74,7 +77,7 @@ class Deliverer:
     def deliver(self, envelope: Envelope) -> Outcome:
         """Make attempt number `envelope.attempts + 1`, unless the email expired."""
         if envelope.expired():
-            return Outcome(reason="expired", error="expired before this attempt", sent=False)
+            return Outcome(reason="expired", error="expired before this attempt")
         body = json.dumps(envelope.message.body(), separators=(",", ":")).encode()
         started = time.time()
         try:

@@ -79,12 +79,8 @@ class Housekeeper:
         client = self.runtime.redis
         queues = self.runtime.in_flight.queues or {self.settings.queue}
         for queue in queues:
-            keys = Keys(queue)
-            if not client.pexpire(keys.alive(OWNER), self._ttl_ms):
-                with client.pipeline(transaction=True) as pipe:
-                    pipe.set(keys.alive(OWNER), 1, px=self._ttl_ms)
-                    pipe.sadd(keys.owners, OWNER)
-                    pipe.execute()
+            if not client.pexpire(Keys(queue).alive(OWNER), self._ttl_ms):
+                self.runtime.in_flight.register(queue, self._ttl_ms)
         if self._connected_since is None:
             self._connected_since = time.monotonic()
 
@@ -92,10 +88,13 @@ class Housekeeper:
         client = self.runtime.redis
         for queue in self.runtime.in_flight.queues or {self.settings.queue}:
             keys = Keys(queue)
-            for raw in client.smembers(keys.owners):
-                owner = raw.decode()
-                if owner == OWNER:  # the script checks the heartbeat atomically
-                    continue
+            others = [raw.decode() for raw in client.smembers(keys.owners) if raw.decode() != OWNER]
+            with client.pipeline(transaction=False) as pipe:
+                for owner in others:
+                    pipe.exists(keys.alive(owner))
+                alive = pipe.execute()
+            # A cheap filter; the script checks the heartbeat again, atomically.
+            for owner in (o for o, up in zip(others, alive) if not up):
                 moved = self.runtime.in_flight.reclaim(queue, owner)
                 if moved > 0:
                     log.warning("worker %s stopped its heartbeat: %d email(s) back on %s", owner, moved, queue)

@@ -77,6 +77,16 @@ class InFlight:
         self._reclaim = client.register_script(_RECLAIM)
         self._release = client.register_script(_RELEASE)
 
+    def register(self, queue: str, heartbeat_ms: int) -> None:
+        """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
+        list is reclaimed if the heartbeat ever lapses."""
+        keys = Keys(queue)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.alive(OWNER), 1, px=heartbeat_ms)
+            pipe.sadd(keys.owners, OWNER)
+            pipe.execute()
+        self.queues.add(queue)
+
     def take(self, tag: str, taken: Taken) -> None:
         with self._lock:
             self._by_tag[tag] = taken
@@ -95,10 +105,6 @@ class InFlight:
                 if not taken.settled:
                     return taken
         return None
-
-    def held(self) -> int:
-        with self._lock:
-            return sum(not t.settled for t in self._by_tag.values())
 
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it, removing it from Redis."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -20,7 +21,6 @@ from pydantic import ValidationError
 
 from emailq import metrics
 from emailq.message import Envelope
-from emailq.settings import get_settings
 from emailq.task_message import TASK_NAME, task_message
 from emailq.worker import runtime
 from emailq.worker.app import app
@@ -84,7 +84,8 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - envelope.created_at))
         log.info("delivered %s in %d attempt(s)", envelope.id, envelope.attempts + 1)
         return
-    if outcome.retry_in is not None and outcome.attempt is not None:
+    if outcome.retry_in is not None:
+        assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
         message = task_message(retry, rt.settings.queue)
         if _settle(taken, lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
@@ -109,7 +110,7 @@ def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
     raise error
 
 
-def _settle(taken: Taken | None, move: Any) -> bool:
+def _settle(taken: Taken | None, move: Callable[[Taken], bool]) -> bool:
     """Run `move` (in-flight -> schedule or DLQ) until Redis takes it. False when the
     email is no longer ours (reclaimed after a stall) or Redis kept refusing."""
     if taken is None:
@@ -150,7 +151,7 @@ def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
 
 
 def _redacted(text: str) -> str:
-    settings = get_settings()
+    settings = runtime.get().settings
     for secret in (settings.endpoint_authorization, settings.signing_secret):
         if secret is not None and secret.get_secret_value():
             text = text.replace(secret.get_secret_value(), "***")

@@ -77,12 +77,7 @@ class Channel(kombu_redis.Channel):
     def _inflight(self, queue: str) -> str:
         rt = runtime.get()
         if queue not in rt.in_flight.queues:
-            keys = Keys(queue)
-            with rt.redis.pipeline(transaction=True) as pipe:
-                pipe.set(keys.alive(OWNER), 1, px=int(rt.settings.heartbeat_seconds * 1000))
-                pipe.sadd(keys.owners, OWNER)
-                pipe.execute()
-            rt.in_flight.queues.add(queue)
+            rt.in_flight.register(queue, int(rt.settings.heartbeat_seconds * 1000))
         return Keys(queue).inflight(OWNER)
 
     def _brpop_start(self, timeout: Any = None) -> None:
