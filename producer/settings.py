@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # on the queue. No delivery lasts longer than one attempt (EMAILQ_REQUEST_TIMEOUT).
     visibility_timeout: int = Field(default=300, ge=2)
 
+    # The dead-letter queue's retention (entries hold addresses and codes: personal data):
+    # the oldest entries beyond the count, and entries older than the age, are dropped.
+    # 0 turns either limit off.
+    dlq_max_entries: int = Field(default=10000, ge=0)
+    dlq_max_age_seconds: float = Field(default=604800, ge=0)
+
     # Operations.
     flower_basic_auth: SecretStr | None = None
     ingest_authorization: SecretStr | None = None
