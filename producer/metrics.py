@@ -27,6 +27,12 @@ RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retr
 DEAD_LETTERED = Counter(
     "emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY
 )
+DLQ_DROPPED = Counter(
+    "emailq_dlq_dropped",
+    "Dead letters dropped by the retention policy, by why: count or age.",
+    ["why"],
+    registry=REGISTRY,
+)
 BREAKER_OPEN = Gauge(
     "emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY
 )
