@@ -2,6 +2,9 @@
 
 It answers every POST with 200 after a fixed latency and records, per request, the
 message's key and the time it answered (the moment the sender got its 2xx: delivered).
+Two failure modes, for the benchmarks of a partly failing endpoint: `--fail-share`
+answers that share of requests 503 at random; `--fail-key-share` answers 500 forever to
+the emails whose key falls in that share (`fails_forever`). Failures are not recorded.
 The key is the `Idempotency-Key` header (emailq), else the payload's `bid` (the other
 contenders, whose naive POST carries no header). A few control paths serve the
 orchestrator: `GET /_count`, `GET /_dump` (the records as JSON, then cleared).
@@ -17,10 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
+import zlib
 
+_UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+_BROKEN = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
 _BID = b'"bid":"'
+
+
+def fails_forever(key: str, share: float) -> bool:
+    """Whether the email with this key always fails (deterministic, so the runner knows)."""
+    return share > 0 and zlib.crc32(key.encode()) % 10000 < share * 10000
 
 
 class Records:
@@ -46,9 +58,12 @@ def _reply(status: str, body: bytes) -> bytes:
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, records: Records, latency: float, loop: asyncio.AbstractEventLoop):
+    def __init__(self, records: Records, latency: float, loop: asyncio.AbstractEventLoop,
+                 fail_share: float = 0.0, fail_key_share: float = 0.0):
         self.records = records
         self.latency = latency
+        self.fail_share = fail_share
+        self.fail_key_share = fail_key_share
         self.loop = loop
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -100,6 +115,12 @@ class HttpProtocol(asyncio.Protocol):
     def answer(self, key: bytes) -> None:
         if self.transport is None:
             return  # the sender hung up before the answer: not delivered
+        if self.fail_key_share and fails_forever(key.decode("ascii", "replace"), self.fail_key_share):
+            self.transport.write(_BROKEN)
+            return
+        if self.fail_share and random.random() < self.fail_share:
+            self.transport.write(_UNAVAILABLE)
+            return
         self.records.add(key, time.time())
         self.transport.write(_OK)
 
@@ -117,11 +138,11 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(_reply("200 OK", body))
 
 
-async def serve(port: int, latency: float) -> None:
+async def serve(port: int, latency: float, fail_share: float, fail_key_share: float) -> None:
     loop = asyncio.get_running_loop()
     records = Records()
     server = await loop.create_server(
-        lambda: HttpProtocol(records, latency, loop), "127.0.0.1", port, backlog=4096
+        lambda: HttpProtocol(records, latency, loop, fail_share, fail_key_share), "127.0.0.1", port, backlog=4096
     )
     print(f"listening on 127.0.0.1:{port}", flush=True)
     async with server:
@@ -132,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fail-share", type=float, default=0.0, help="share of requests answered 503")
+    parser.add_argument("--fail-key-share", type=float, default=0.0, help="share of emails answered 500 forever")
     args = parser.parse_args()
     try:
         import uvloop
@@ -140,7 +163,7 @@ def main() -> None:
     else:
         runner = uvloop.run
     try:
-        runner(serve(args.port, args.latency_ms / 1000))
+        runner(serve(args.port, args.latency_ms / 1000, args.fail_share, args.fail_key_share))
     except KeyboardInterrupt:
         pass
 

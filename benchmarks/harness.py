@@ -140,13 +140,15 @@ class RedisServer:
 class Endpoint:
     """`benchmarks.endpoint` in its own process: the email API, at a fixed latency."""
 
-    def __init__(self, latency_ms: float, workdir: Path):
+    def __init__(self, latency_ms: float, workdir: Path, fail_share: float = 0.0, fail_key_share: float = 0.0):
         self.latency_ms = latency_ms
+        self.fail_key_share = fail_key_share
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/send"
         self.proc = Proc(
-            f"endpoint-{latency_ms:g}ms",
-            [PYTHON, "-m", "benchmarks.endpoint", "--port", str(self.port), "--latency-ms", str(latency_ms)],
+            f"endpoint-{latency_ms:g}ms-{fail_share:g}-{fail_key_share:g}",
+            [PYTHON, "-m", "benchmarks.endpoint", "--port", str(self.port), "--latency-ms", str(latency_ms),
+             "--fail-share", str(fail_share), "--fail-key-share", str(fail_key_share)],
             clean_env(), workdir,
         )
         wait_for(self._answers, 10, "the endpoint to start")

@@ -28,10 +28,20 @@ if not __package__:  # `python benchmarks/run.py`
 
 from benchmarks import cells as c  # noqa: E402
 from benchmarks import enqueue_cost, report  # noqa: E402
+from benchmarks.endpoint import fails_forever  # noqa: E402
 from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LATENCIES_MS = (0, 50)
+LATENCIES_MS = (0, 50, 250)
+# The limit's requests in flight (DESIGN: the limit at 512 in flight).
+LIMIT_IN_FLIGHT = 512
+# Partly failing endpoints, at 0 ms: (name, label, share of requests answered 503, share of
+# emails answered 500 forever, share of the emails whose delivery is timed).
+FAILING = (
+    ("third-failing", "a third of requests answered 503", 1 / 3, 0.0, 0.95),
+    ("6pct-forever", "6% of emails answered 500 forever", 0.0, 0.06, None),
+)
+FAILING_MESSAGES = 2000
 WARMUP = 64
 PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
@@ -41,6 +51,12 @@ STALL_SECONDS = 30.0
 def messages_for(cell: c.Cell, quick: bool) -> int:
     """Enough for a few seconds of each contender; the slow ones get fewer."""
     slow_at_50 = cell.latency_ms and cell.name in ("naive", "floor-prefork")
+    if slow_at_50 and cell.latency_ms >= 250:
+        return 40 if quick else 80
+    if isinstance(cell, c.Limit) and cell.latency_ms >= 250:
+        # 512 in flight answer in waves of 512 every 250 ms: enough waves that the first
+        # and the last answer of a burst measure the rate, not one wave's spread.
+        return 4000 if quick else 10000
     n = 120 if slow_at_50 else 200 if cell.name == "naive" else 2000
     return max(100, n // 4) if quick else n
 
@@ -145,8 +161,49 @@ def build_cells(redis_server: RedisServer, endpoints: dict, workdir: Path) -> li
             cells.append(kind(latency, endpoint, redis_server, db, workdir))
             db += 1
         for client in ("aiohttp", "httpx"):
-            cells.append(c.Limit(latency, endpoint, workdir, client))
+            cells.append(c.Limit(latency, endpoint, workdir, client, concurrency=LIMIT_IN_FLIGHT))
     return cells
+
+
+def failing_cells(redis_server: RedisServer, workdir: Path, first_db: int) -> list[tuple[c.Emailq, Endpoint, tuple]]:
+    """emailq's worker, with its defaults, against each partly failing endpoint."""
+    made = []
+    for db, spec in enumerate(FAILING, start=first_db):
+        name, label, fail_share, fail_key_share, _ = spec
+        endpoint = Endpoint(0, workdir, fail_share=fail_share, fail_key_share=fail_key_share)
+        cell = c.Emailq(0, endpoint, redis_server, db, workdir, name=f"emailq-{name}", label=label)
+        made.append((cell, endpoint, spec))
+    return made
+
+
+def run_failing(cell: c.Emailq, spec: tuple, prefix: str, n: int) -> dict:
+    """n emails at once; the time until the share timed (95%, or every email that can be
+    delivered) arrived, as a rate comparable to a healthy run's `rate_from_enqueue`."""
+    _, _, _, fail_key_share, share = spec
+    keys, enqueued_at = cell.enqueue(cell.prepare([f"{prefix}{i}" for i in range(n)]))
+    deliverable = [k for k in keys if not fails_forever(k, fail_key_share)]
+    need = int(len(deliverable) * share) if share else len(deliverable)
+    wait_delivered(cell, need)
+    got, times = cell.sink.collect()
+    mine = set(keys)
+    arrived = sorted(t for k, t in zip(got, times) if k in mine)
+    seconds = arrived[need - 1] - enqueued_at if len(arrived) >= need else float("nan")
+    return {"n": n, "timed": need, "seconds": seconds, "rate": need / seconds}
+
+
+def bench_failing(made: list, reps: int, healthy: dict | None) -> list[dict]:
+    rows = []
+    for cell, _, spec in made:
+        runs = []
+        for rep in range(reps):
+            runs.append(run_failing(cell, spec, f"{cell.key}-r{rep}-", FAILING_MESSAGES))
+            log(f"rep {rep + 1}/{reps} {cell.key:28} {runs[-1]['rate']:8.0f}/s to {runs[-1]['timed']} delivered")
+        rate = median([r["rate"] for r in runs])
+        base = healthy["rate_from_enqueue"] if healthy else float("nan")
+        rows.append({"contender": cell.name, "label": spec[1], "timed_share": spec[4], "rate": rate,
+                     "seconds": median([r["seconds"] for r in runs]), "healthy_rate": base,
+                     "share_of_healthy": rate / base if base else float("nan"), "runs": runs})
+    return rows
 
 
 def bench(cells: list[c.Cell], reps: int, quick: bool, paced: bool = True, count: int | None = None) -> list[dict]:
@@ -243,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
         cells = build_cells(redis_server, endpoints, workdir)
         stoppable.extend(cells)
         results = bench(cells, reps, args.quick, paced=not args.no_paced)
+        log("partly failing endpoints")
+        made = failing_cells(redis_server, workdir, first_db=40)
+        stoppable.extend(item for cell, endpoint, _ in made for item in (endpoint, cell))
+        healthy = next((r for r in results if r["contender"] == "emailq" and r["latency_ms"] == 0), None)
+        failing = bench_failing(made, reps, healthy)
         log("measuring enqueue cost")
         enqueue = enqueue_cost.measure(redis_server, db=60)
     finally:
@@ -258,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         "foreign_cpu_share": foreign.share(),
         "reps": reps,
         "results": results,
+        "failing": failing,
         "enqueue": enqueue,
     }
     # A smoke test must not replace the last full run's results.
