@@ -18,6 +18,7 @@ worker/ is edited; this module adjusts it at start-up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from emailq.worker import delivery, tasks
+from emailq.worker import delivery, runtime
 from emailq.worker.app import app
 from emailq.worker.cli import main
 from emailq.worker.retry_policy import RetryableStatus, is_retryable_status
@@ -144,15 +145,9 @@ def _patch() -> None:
     client = os.environ.get("BENCH_CLIENT")
     if client:
         kind = _CLIENTS[client]
-        lock, made = threading.Lock(), []
-
-        def deliverer() -> delivery.Deliverer:
-            with lock:
-                if not made:
-                    made.append(kind(tasks.get_settings()))
-                return made[0]
-
-        tasks.deliverer = deliverer
+        # The runtime builds its Deliverer once, on first use: build this one instead.
+        runtime.Runtime.deliverer = functools.cached_property(lambda self: kind(self.settings))
+        runtime.Runtime.deliverer.__set_name__(runtime.Runtime, "deliverer")
 
 
 if __name__ == "__main__":
