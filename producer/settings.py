@@ -8,8 +8,11 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import (
     AnyUrl,
@@ -25,6 +28,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from emailq.errors import ConfigError
 
 ENV_PREFIX = "EMAILQ_"
+
+# What an HTTP header value may hold (RFC 9110 field-value, without obs-text): visible
+# ASCII, space and tab. Anything else (CR/LF, controls, non-ASCII) either splits the
+# request or makes the HTTP client fail on every delivery.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_MASK = "***"
 
 
 def _default_data_dir() -> Path:
@@ -106,12 +115,42 @@ class Settings(BaseSettings):
     @field_validator("signing_secret")
     @classmethod
     def _whsec_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
-        for secret in (value.get_secret_value().split() if value else []):
+        if value is None:
+            return value
+        secrets = value.get_secret_value().split()
+        if not secrets:
+            # Set but blank would sign with no key at all: unset it to send unsigned requests.
+            raise ValueError("must not be empty (unset it to send requests unsigned)")
+        for secret in secrets:
             if secret.startswith("whsec_"):
                 try:
-                    base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+                    key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
                 except binascii.Error:
                     raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+                if not key:
+                    raise ValueError("a whsec_ secret must have a key after the prefix")
+        return value
+
+    @field_validator("endpoint_authorization")
+    @classmethod
+    def _authorization_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_header_value(value.get_secret_value())
+        return value
+
+    @field_validator("ingest_authorization")
+    @classmethod
+    def _ingest_authorization_can_match(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value  # the ingest then warns that it is open
+        secret = value.get_secret_value()
+        if not secret.strip():
+            # Set but empty is a mistake, not a choice: unset is the explicit open door.
+            raise ValueError("is set but empty: set the value Logto sends, or unset it")
+        _check_header_value(secret)
+        if secret != secret.strip(" \t"):
+            # HTTP servers strip a header value's outer whitespace: it could never match.
+            raise ValueError("must not start or end with whitespace")
         return value
 
     @model_validator(mode="after")
@@ -128,6 +167,41 @@ class Settings(BaseSettings):
         """How long a worker may hold one email: one attempt (the request timeout bounds
         it, connect included), with room for an email that waited for a free thread."""
         return 2 * self.request_timeout
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() end up in logs and tracebacks: never with the Redis password.
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and value is not None:
+                value = masked_url(value)
+            yield name, value
+
+
+def masked_url(url: AnyUrl) -> str:
+    """The URL with its password (in the userinfo or a `password=` query) replaced by ***."""
+    userinfo = ""
+    if url.password is not None:
+        userinfo = f"{url.username or ''}:{_MASK}@"
+    elif url.username:
+        userinfo = f"{_MASK}@"  # redis://secret@host: the lone name is the password
+    port = f":{url.port}" if url.port is not None else ""
+    query = ""
+    if url.query:
+        pairs = parse_qsl(url.query, keep_blank_values=True)
+        query = "?" + urlencode([(k, _MASK if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    return f"{url.scheme}://{userinfo}{url.host or ''}{port}{url.path or ''}{query}"
+
+
+def _check_header_value(value: str) -> None:
+    """Raises ValueError unless `value` can be sent as an HTTP header value. The message
+    says where the fault is, never what the (secret) value is."""
+    if not value.strip(" \t"):
+        raise ValueError("must not be empty")
+    if not _HEADER_VALUE.fullmatch(value):
+        bad = next(i for i, char in enumerate(value) if not _HEADER_VALUE.fullmatch(char))
+        raise ValueError(
+            "must be printable ASCII, as an HTTP header value is (no line breaks, control or "
+            f"non-ASCII characters): character {bad + 1} is not"
+        )
 
 
 def _describe(error: ValidationError) -> str:

@@ -112,6 +112,23 @@ INVALID = [
     ("EMAILQ_LOG_FORMAT", "xml"),
     ("EMAILQ_METRICS_PORT", "70000"),
     ("EMAILQ_FLOWER_BASIC_AUTH", "no-colon-secret"),
+    # Secrets that cannot work: refused at start, not on every delivery.
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", ""),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "   "),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer caf\u00e9"),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer abc\r\nX-Injected: 1"),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer abc\n"),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer \x1babc"),
+    ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer abc\x7f"),
+    ("EMAILQ_SIGNING_SECRET", "whsec_"),
+    ("EMAILQ_SIGNING_SECRET", "whsec_c2VjcmV0 whsec_"),
+    ("EMAILQ_SIGNING_SECRET", "whsec_not base64!"),
+    ("EMAILQ_SIGNING_SECRET", ""),
+    ("EMAILQ_SIGNING_SECRET", "  "),
+    ("EMAILQ_INGEST_AUTHORIZATION", ""),
+    ("EMAILQ_INGEST_AUTHORIZATION", "  \t "),
+    ("EMAILQ_INGEST_AUTHORIZATION", "Bearer caf\u00e9"),
+    ("EMAILQ_INGEST_AUTHORIZATION", "Bearer abc "),
 ]
 
 
@@ -144,12 +161,107 @@ def test_a_secret_setting_is_not_echoed_when_invalid(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("EMAILQ_MAX_ATTEMPTS", "0"), ("EMAILQ_QUEUE", "has space"), ("EMAILQ_LOG_FORMAT", "xml")],
+    [
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer s3cr\u00e9t-token"),
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer s3cret-token\r\nX-Injected: 1"),
+        ("EMAILQ_INGEST_AUTHORIZATION", "Bearer s3cr\u00e9t-token"),
+        ("EMAILQ_SIGNING_SECRET", "s3cret-token whsec_"),
+    ],
+)
+def test_a_refused_secret_is_not_echoed(monkeypatch, tmp_path, name, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert name in str(raised.value)
+    assert "s3cr" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer abc.DEF-123_~+/="),
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Basic dXNlcjpwYXNz"),
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Token\tabc"),
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "x"),
+        ("EMAILQ_SIGNING_SECRET", "whsec_" + base64.b64encode(b"key").decode()),
+        ("EMAILQ_SIGNING_SECRET", "plain-secret whsec_" + base64.b64encode(b"key").decode()),
+        ("EMAILQ_INGEST_AUTHORIZATION", "Bearer ingest-token-123"),
+    ],
+)
+def test_usable_secrets_are_accepted(monkeypatch, tmp_path, name, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        setting = getattr(get_settings(), name.removeprefix("EMAILQ_").lower())
+    finally:
+        get_settings.cache_clear()
+    assert setting.get_secret_value() == value
+
+
+def test_unset_ingest_authorization_stays_allowed(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EMAILQ_INGEST_AUTHORIZATION", raising=False)
+    assert settings_from({}).ingest_authorization is None
+
+
+@pytest.mark.parametrize(
+    "url, password",
+    [
+        ("redis://:hunter2-pw@127.0.0.1:6379/0", "hunter2-pw"),
+        ("rediss://emailq:hunter2-pw@redis.example:6380/1", "hunter2-pw"),
+        ("redis://hunter2-pw@127.0.0.1:6379/0", "hunter2-pw"),
+        ("redis://127.0.0.1:6379/0?password=hunter2-pw&db=2", "hunter2-pw"),
+    ],
+)
+def test_repr_and_str_of_settings_never_show_the_redis_password(url, password):
+    settings = settings_from({"EMAILQ_REDIS_URL": url})
+    for shown in (repr(settings), str(settings), f"{settings}", f"{settings!r}"):
+        assert password not in shown
+        assert "redis_url=" in shown and "***" in shown
+    assert str(settings.redis_url) == url  # what connects keeps the password
+
+
+def test_the_masked_redis_url_still_says_where_redis_is():
+    settings = settings_from({"EMAILQ_REDIS_URL": "rediss://emailq:pw@redis.example:6380/1"})
+    assert "redis_url='rediss://emailq:***@redis.example:6380/1'" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("EMAILQ_MAX_ATTEMPTS", "0"),
+        ("EMAILQ_QUEUE", "has space"),
+        ("EMAILQ_LOG_FORMAT", "xml"),
+        ("EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer caf\u00e9"),
+        ("EMAILQ_SIGNING_SECRET", "whsec_"),
+        ("EMAILQ_INGEST_AUTHORIZATION", ""),
+    ],
 )
 def test_invalid_value_stops_the_command_with_one_line(settings_env, redis_client, tmp_path, name, value):
     result = run_emailq(SEND, {**settings_env, name: value}, tmp_path)
     assert_refused_naming(result, name)
     assert redis_client.llen("emailq") == 0
+
+
+@pytest.mark.parametrize(
+    "command, name, value",
+    [
+        (["worker"], "EMAILQ_ENDPOINT_AUTHORIZATION", "Bearer caf\u00e9-token"),
+        (["worker"], "EMAILQ_SIGNING_SECRET", "whsec_"),
+        (["serve", "--port", "0"], "EMAILQ_INGEST_AUTHORIZATION", ""),
+    ],
+)
+def test_a_secret_that_cannot_work_stops_the_command_at_start(settings_env, tmp_path, command, name, value):
+    env = {**settings_env, "EMAILQ_ENDPOINT_URL": "http://127.0.0.1:9/", name: value}
+    result = run_emailq(command, env, tmp_path)
+    assert_refused_naming(result, name)
+    assert "caf" not in result.stderr
 
 
 # --- the visibility timeout ---------------------------------------------------------
