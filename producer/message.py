@@ -127,12 +127,19 @@ def _json_kind(value: Any) -> str:
     )
 
 
+# The envelope's format: 2 since it carries its attempt history; envelopes without `v`
+# were written by the first release (1) and read the same way. A worker refuses (as
+# malformed) a format newer than its own rather than guess at it.
+ENVELOPE_FORMAT = 2
+
+
 class Envelope(BaseModel):
     """An email on the queue, with what the worker needs and the endpoint never sees."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     # Printable ASCII without spaces: the id travels as the Idempotency-Key header.
+    v: int = Field(default=1, ge=1, le=ENVELOPE_FORMAT)
     id: str = Field(pattern=r"^[!-~]{1,200}$")
     created_at: float
     expires_at: float
@@ -147,6 +154,7 @@ class Envelope(BaseModel):
     def wrap(cls, email: Email, ttl_seconds: float, *, id: str | None = None) -> Envelope:
         now = time.time()
         return cls(
+            v=ENVELOPE_FORMAT,
             id=id or str(uuid.uuid4()),
             created_at=now,
             expires_at=now + ttl_seconds,

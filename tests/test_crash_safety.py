@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from conftest import Reply, wait_for
+from helpers import assert_one_home
 
 from emailq import census
 from emailq.keys import Keys
@@ -35,6 +36,7 @@ def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_work
     wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
     now = census.count(redis_client, "emailq")
     assert (now.queued, now.scheduled, now.dead_lettered) == (0, 0, 0)
+    assert_one_home(redis_client)
 
 
 def test_email_moved_by_a_worker_that_died_before_anything_else_comes_back(

@@ -7,8 +7,8 @@ import time
 
 import pytest
 from conftest import Reply, wait_for
+from helpers import assert_one_home
 
-from emailq import census
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 OUTAGE_SECONDS = 20
@@ -23,7 +23,7 @@ def test_1000_emails_survive_a_20s_outage(producer, endpoint, start_worker, redi
     worker = start_worker(env=defaults_env)
     ids = producer.send_many([SIGN_IN] * 1000)
     time.sleep(OUTAGE_SECONDS)
-    now = census.count(redis_client, "emailq")
+    now = assert_one_home(redis_client).census
     assert now.dead_lettered <= 5
     assert now.in_flight <= 1, "emails wait in Redis, not in the worker's threads"
     assert "endpoint looks down" in worker.output()
@@ -35,6 +35,7 @@ def test_1000_emails_survive_a_20s_outage(producer, endpoint, start_worker, redi
     wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "all 1000 delivered", interval=0.5)
     assert redis_client.zcard("emailq:dlq:index") <= 5
     assert "resuming deliveries" in worker.output()
+    assert_one_home(redis_client)
 
 
 def test_emails_expire_at_their_ttl_while_the_endpoint_is_down(settings_env, endpoint, start_worker, redis_client):

@@ -8,6 +8,7 @@ import json
 from collections import Counter
 
 from conftest import Reply, wait_for
+from helpers import assert_one_home
 
 from emailq import census
 from emailq.message import Email, Envelope
@@ -35,6 +36,7 @@ def test_a_dropped_connection_duplicates_nothing(producer, endpoint, start_worke
     wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
     now = census.count(redis_client, "emailq")
     assert (now.queued, now.scheduled, now.dead_lettered) == (0, 0, 0)
+    assert_one_home(redis_client)
 
 
 def _kombu_message(**change) -> dict:
@@ -71,3 +73,4 @@ def test_junk_on_the_queue_is_dead_lettered_once_without_a_reconnect(producer, e
     # The endpoint counts a request before it answers, the worker settles it after.
     wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
     assert census.count(redis_client, "emailq").queued == 0
+    assert_one_home(redis_client)

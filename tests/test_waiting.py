@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import Reply, wait_for
+from helpers import assert_one_home
 
 from emailq import census
 from emailq.worker.dead_letters import DeadLetters
@@ -60,7 +61,7 @@ def test_healthy_emails_pass_emails_that_always_fail(producer, endpoint, start_w
     # Progress, not the whole schedule (about two minutes at the defaults): every failing
     # email was tried and waits in the schedule, none in a thread.
     wait_for(lambda: census.count(redis_client, "emailq").scheduled == FAILING, 10, "all failing emails scheduled")
-    now = census.count(redis_client, "emailq")
+    now = assert_one_home(redis_client).census
     assert now.in_flight == 0 and now.dead_lettered == 0
     for message_id in failing[:5]:
         assert len(endpoint.requests_for(message_id)) >= 1
@@ -144,3 +145,4 @@ def test_sigterm_exits_within_15s_and_nothing_is_lost(producer, endpoint, start_
 
     # Emails that failed wait out their backoff (at most a few seconds after 3 s of 503s).
     wait_for(accounted, 60, "every email delivered or dead-lettered", interval=0.2)
+    assert_one_home(redis_client)

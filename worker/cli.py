@@ -116,13 +116,17 @@ def _send_file(path: Path) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(as_json: bool) -> None:
+@click.option("--check", is_flag=True, help="Read every email and check each is in exactly one place.")
+def status(as_json: bool, check: bool) -> None:
     """Queue depth, in-flight deliveries, DLQ depth and workers online."""
     from emailq.worker.app import app
 
     settings = get_settings()
-    client = connect(settings, timeout=5)
+    client = connect(settings, timeout=30 if check else 5)
     # Redis first: if it is down, this fails fast with one clear line.
+    if check:
+        _check(census.audit(client, settings.queue), as_json)
+        return
     now = census.count(client, settings.queue)
     report: dict[str, Any] = {"queue": settings.queue, **now.as_dict()}
     replies = app.control.ping(timeout=1.0) or []
@@ -136,6 +140,28 @@ def status(as_json: bool) -> None:
     )
     click.echo(f"dead-letter queue: {report['dead_lettered']}")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
+
+
+def _check(audit: census.Audit, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": audit.ok, **audit.census.as_dict(), "in_two_places": audit.in_two_places,
+                               "orphans": audit.orphans, "awaiting_reclaim": audit.awaiting_reclaim,
+                               "unreadable": audit.unreadable}))
+    else:
+        now = audit.census
+        click.echo(f"{now.queued} queued, {now.in_flight} in flight ({now.owners} workers registered), "
+                   f"{now.scheduled} scheduled, {now.dead_lettered} dead-lettered")
+        for message_id, places in sorted(audit.in_two_places.items()):
+            click.echo(f"in two places: {message_id}: {', '.join(places)}")
+        for key, n in sorted(audit.orphans.items()):
+            click.echo(f"orphan: {key} holds {n} email(s) and no worker is registered for it")
+        for key, n in sorted(audit.awaiting_reclaim.items()):
+            click.echo(f"awaiting reclaim: {key} holds {n} email(s) of a worker whose heartbeat lapsed")
+        if audit.unreadable:
+            click.echo(f"{audit.unreadable} item(s) without a readable message id (dead-lettered when taken)")
+        click.echo("ok: every email is in exactly one place" if audit.ok else "NOT ok")
+    if not audit.ok:
+        sys.exit(1)
 
 
 @cli.command()

@@ -7,7 +7,9 @@
   worker has itself been talking to Redis for a whole heartbeat lifetime, so that after
   an outage or a failover it does not declare dead the workers still reconnecting;
 - repeating acks and releases that Redis did not take, and giving back (the backstop)
-  emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`.
+  emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`;
+- every `ADOPT_EVERY_TICKS`, registering in-flight lists no owner is registered for (so
+  the sweep looks at them) and taking over what an older release left (`legacy.py`).
 
 A thread rather than Celery's event loop: the loop is rebuilt on every reconnect and
 stalls with it, and a heartbeat must not.
@@ -23,11 +25,13 @@ import redis
 
 from emailq.keys import Keys
 from emailq.worker.in_flight import OWNER
+from emailq.worker.legacy import Legacy
 from emailq.worker.runtime import Runtime
 
 log = logging.getLogger("emailq.worker")
 
 TICK_SECONDS = 0.5
+ADOPT_EVERY_TICKS = 60
 
 
 class Housekeeper:
@@ -39,6 +43,8 @@ class Housekeeper:
         self._thread = threading.Thread(target=self._run, name="emailq-housekeeper", daemon=True)
         self._connected_since: float | None = None
         self._failing = False
+        self._ticks = 0
+        self._legacy = Legacy(runtime.redis)
 
     def start(self) -> None:
         self.beat()
@@ -73,6 +79,9 @@ class Housekeeper:
             log.warning("%s held for over %ss: back to the queue", taken.message_id, self.settings.visibility_timeout)
             runtime.in_flight.give_back(taken)
         if self._connected_since is not None and time.monotonic() - self._connected_since >= self.settings.heartbeat_seconds:
+            if self._ticks % ADOPT_EVERY_TICKS == 0:
+                self.adopt_orphans()
+            self._ticks += 1
             self.reclaim_dead()
 
     def beat(self) -> None:
@@ -98,6 +107,19 @@ class Housekeeper:
                 moved = self.runtime.in_flight.reclaim(queue, owner)
                 if moved > 0:
                     log.warning("worker %s stopped its heartbeat: %d email(s) back on %s", owner, moved, queue)
+
+    def adopt_orphans(self) -> None:
+        client = self.runtime.redis
+        for queue in self.runtime.in_flight.queues or {self.settings.queue}:
+            keys = Keys(queue)
+            prefix = keys.inflight("")
+            owners = {raw.decode() for raw in client.smembers(keys.owners)}
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                owner = key.decode().removeprefix(prefix)
+                if owner not in owners:
+                    log.warning("found %s with no registered worker: registering it for the sweep", key.decode())
+                    client.sadd(keys.owners, owner)
+            self._legacy.take_over(queue)
 
     def leave(self) -> None:
         """At a clean exit, after the pool finished: give back what is left, stop the
