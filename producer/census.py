@@ -47,10 +47,11 @@ class Audit:
 
 
 def count(client: redis.Redis, queue: str) -> Census:
-    """One consistent read (MULTI) of every place an email can be."""
+    """Every place's depth, in one round trip. Not a MULTI: a full Redis refuses those,
+    and this is what an operator reads during exactly that outage."""
     keys = Keys(queue)
     owners = sorted(o.decode() for o in client.smembers(keys.owners))
-    with client.pipeline(transaction=True) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         pipe.llen(queue).zcard(keys.schedule).zcard(keys.dlq_index)
         for owner in owners:
             pipe.llen(keys.inflight(owner))

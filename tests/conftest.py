@@ -53,8 +53,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class RedisServer:
     """A redis-server of the tests' own, on a free port, with AOF on; can be killed."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *extra_args: str):
         self.directory = directory
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
@@ -69,6 +70,7 @@ class RedisServer:
                 "--appendonly", "yes",
                 "--appendfsync", "always",
                 "--save", "",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
         )

@@ -47,17 +47,23 @@ class Housekeeper:
         self._legacy = Legacy(runtime.redis)
 
     def start(self) -> None:
-        self.beat()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _run(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        while True:
             try:
                 self.tick()
+            except redis.exceptions.OutOfMemoryError as error:
+                # Redis answers (the heartbeat went through) but is full: due retries and
+                # reclaims wait for room; nothing else changes.
+                if not self._failing:
+                    log.warning("Redis is full (%s): due retries and reclaims wait until it has room", error)
+                self._failing = True
             except redis.RedisError as error:
                 self._connected_since = None
                 if not self._failing:
@@ -67,8 +73,10 @@ class Housekeeper:
                 log.exception("housekeeping failed; continuing")
             else:
                 if self._failing:
-                    log.warning("Redis available again")
+                    log.warning("Redis available again, with room")
                 self._failing = False
+            if self._stop.wait(TICK_SECONDS):
+                return
 
     def tick(self) -> None:
         self.beat()

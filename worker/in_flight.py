@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -70,9 +71,10 @@ class InFlight:
         self._lock = threading.Lock()
         self._by_tag: dict[str, Taken] = {}
         self._by_id: dict[str, list[str]] = {}
-        # Settled in memory, but Redis did not hear it yet (a dropped connection, a full
-        # Redis): the Housekeeper repeats these until they land.
-        self._unfinished: list[tuple[str, Taken]] = []
+        # Settled in memory, but Redis did not take the move yet (a dropped connection, a
+        # full Redis): the email stays in the in-flight list, and the Housekeeper repeats
+        # each move until it lands.
+        self._unfinished: list[tuple[str, Taken, Callable[[Taken], object]]] = []
         self.queues: set[str] = set()
         self._reclaim = client.register_script(_RECLAIM)
         self._release = client.register_script(_RELEASE)
@@ -112,10 +114,7 @@ class InFlight:
         if taken is None or taken.settled:
             return
         taken.settled = True
-        try:
-            self.redis.lrem(taken.inflight_key, 1, taken.item)
-        except redis.RedisError:
-            self._later("ack", taken)
+        self.move(taken, "ack", self._remove)
 
     def release(self, tag: str) -> None:
         """Back to the head of its queue (Celery asked to requeue it)."""
@@ -125,10 +124,24 @@ class InFlight:
 
     def give_back(self, taken: Taken) -> None:
         taken.settled = True
+        self.move(taken, "release", self._give_back)
+
+    def move(self, taken: Taken, what: str, step: Callable[[Taken], object]) -> bool:
+        """Run `step` (one atomic move of `taken` out of the in-flight list); if Redis
+        refuses it, keep it for the Housekeeper to repeat. True when it ran now."""
         try:
-            self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])
-        except redis.RedisError:
-            self._later("release", taken)
+            step(taken)
+        except redis.RedisError as error:
+            log.warning("Redis did not take the %s of %s (%s); it stays with this worker and is retried",
+                        what, taken.message_id, error)
+            with self._lock:
+                self._unfinished.append((what, taken, step))
+            return False
+        return True
+
+    def unfinished(self) -> int:
+        with self._lock:
+            return len(self._unfinished)
 
     def overdue(self, older_than: float) -> list[Taken]:
         """Unsettled records taken more than `older_than` seconds ago."""
@@ -147,14 +160,13 @@ class InFlight:
     def finish_unfinished(self) -> None:
         with self._lock:
             todo, self._unfinished = self._unfinished, []
-        for what, taken in todo:
+        for index, (what, taken, step) in enumerate(todo):
             try:
-                if what == "ack":
-                    self.redis.lrem(taken.inflight_key, 1, taken.item)
-                else:
-                    self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])
+                step(taken)
             except redis.RedisError:
-                self._later(what, taken)
+                with self._lock:  # still refused: keep these, in order, for the next round
+                    self._unfinished[:0] = todo[index:]
+                return
 
     def reclaim(self, queue: str, owner: str) -> int:
         """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
@@ -172,7 +184,8 @@ class InFlight:
                     self._by_id.pop(taken.message_id, None)
             return taken
 
-    def _later(self, what: str, taken: Taken) -> None:
-        log.warning("Redis did not take the %s of %s; retrying", what, taken.message_id)
-        with self._lock:
-            self._unfinished.append((what, taken))
+    def _remove(self, taken: Taken) -> None:
+        self.redis.lrem(taken.inflight_key, 1, taken.item)
+
+    def _give_back(self, taken: Taken) -> None:
+        self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])

@@ -43,7 +43,6 @@ class Runtime:
             settings.breaker_probe_seconds,
             on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
         )
-        self.stopping = threading.Event()
 
     @functools.cached_property
     def deliverer(self) -> Deliverer:

@@ -5,7 +5,8 @@ spent, and the thread is free at once. Anything else: the DLQ, with every attemp
 outcome; the task then raises `DeadLettered`, so Celery records it as failed and Flower
 lists it with the reason. An unexpected exception dead-letters the email as `error` too.
 If Redis cannot take the move yet (full, unreachable), the email stays in this worker's
-in-flight list and goes back to the queue once Redis has room: it is never acked unmoved.
+in-flight list and the worker repeats the move until Redis takes it: it is never acked
+unmoved, and no thread waits for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import signals
 from pydantic import ValidationError
 
@@ -31,11 +31,6 @@ from emailq.worker.housekeeping import Housekeeper
 from emailq.worker.in_flight import Taken
 
 log = logging.getLogger("emailq.worker")
-
-# How long a task keeps trying to write its outcome to a Redis that refuses it, before
-# leaving the email to go back on the queue (the worker's shutdown cuts this short).
-SETTLE_PATIENCE_SECONDS = 10
-
 
 class DeadLettered(Exception):
     """The email could not be delivered and is now in the dead-letter queue."""
@@ -88,7 +83,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
         message = task_message(retry, rt.settings.queue)
-        if _settle(taken, lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
+        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
             metrics.RETRIED.inc()
             log.info(
                 "attempt %d of %s failed (%s): retrying in %.1fs",
@@ -100,7 +95,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
 
 def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
     rt = runtime.get()
-    if not _settle(taken, lambda t: rt.dead_letters.add(entry, taken_from=(t.inflight_key, t.item))):
+    if not _settle(taken, "dead-lettering", lambda t: rt.dead_letters.add(entry, taken_from=(t.inflight_key, t.item))):
         return
     metrics.DEAD_LETTERED.labels(entry.reason).inc()
     error = DeadLettered(entry.summary())
@@ -110,28 +105,22 @@ def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
     raise error
 
 
-def _settle(taken: Taken | None, move: Callable[[Taken], bool]) -> bool:
-    """Run `move` (in-flight -> schedule or DLQ) until Redis takes it. False when the
-    email is no longer ours (reclaimed after a stall) or Redis kept refusing."""
+def _settle(taken: Taken | None, what: str, move: Callable[[Taken], bool]) -> bool:
+    """Move the email out of this worker's in-flight list (into the schedule or the DLQ).
+    False when that did not happen now: Redis refused it (the worker repeats it until it
+    can; the email stays owned meanwhile), or the email was taken back after a stall."""
     if taken is None:
         log.error("no in-flight record for this task; leaving it to the visibility backstop")
         return False
-    rt = runtime.get()
-    deadline = time.monotonic() + SETTLE_PATIENCE_SECONDS
-    while True:
-        try:
-            moved = bool(move(taken))
-        except redis.RedisError as error:
-            if time.monotonic() > deadline or rt.stopping.is_set():
-                log.warning("Redis refused the outcome of %s (%s): it goes back on the queue", taken.message_id, error)
-                rt.in_flight.give_back(taken)
-                return False
-            time.sleep(0.5)
-            continue
-        taken.settled = True
-        if not moved:
-            log.warning("%s was taken back from this worker before its outcome was written", taken.message_id)
-        return moved
+    taken.settled = True
+    moved: list[bool] = []
+
+    def step(t: Taken) -> None:
+        moved.append(move(t))
+        if not moved[-1]:
+            log.warning("%s was taken back from this worker before its outcome was written", t.message_id)
+
+    return runtime.get().in_flight.move(taken, what, step) and moved[-1]
 
 
 def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
@@ -169,11 +158,6 @@ def _start_housekeeping(**_: Any) -> None:
     global _housekeeper
     _housekeeper = Housekeeper(runtime.get())
     _housekeeper.start()
-
-
-@signals.worker_shutting_down.connect
-def _stopping(**_: Any) -> None:
-    runtime.get().stopping.set()
 
 
 @signals.worker_shutdown.connect

@@ -6,7 +6,8 @@ What changes from kombu's Redis channel:
   stays there until it is settled; nothing else is written per email. kombu's shared,
   unprefixed `unacked` hash is never used, so another Celery app on the same database is
   never touched, and a closed channel (a dropped connection) gives nothing back.
-- While the circuit breaker is open, the channel stops popping (`QoS.can_consume`).
+- While the circuit breaker is open, or Redis is full (it refuses BLMOVE under
+  `noeviction`), the channel stops popping (`QoS.can_consume`) instead of dying.
 - Anything on the queue that is not a deliverable kombu message goes to the DLQ as
   `malformed`, once, and the worker carries on without reconnecting.
 
@@ -17,10 +18,12 @@ checked by `tests/test_kombu_contract.py`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.transport.virtual import Empty
@@ -31,12 +34,43 @@ from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.in_flight import OWNER, Taken
 
+log = logging.getLogger("emailq.worker")
+
+
+class RoomWatch:
+    """Whether Redis lately refused a write for lack of memory. While it does, the
+    consumer tries one pop every `RETRY_SECONDS` and says so once per episode."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._full = False
+        self._retry_at = 0.0
+
+    def may_take(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def refused(self, error: Exception) -> None:
+        if not self._full:
+            log.warning("Redis is full (%s): taking no more emails until it has room; "
+                        "delivering those this worker holds", error)
+        self._full = True
+        self._retry_at = time.monotonic() + self.RETRY_SECONDS
+
+    def accepted(self) -> None:
+        if self._full:
+            log.warning("Redis has room again: taking emails")
+        self._full = False
+
+
+ROOM = RoomWatch()
+
 
 class QoS(kombu_redis.QoS):
     restore_at_shutdown = False
 
     def can_consume(self) -> bool:
-        return super().can_consume() and runtime.get().breaker.may_take()
+        return super().can_consume() and ROOM.may_take() and runtime.get().breaker.may_take()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         queue, item = self.channel._popped
@@ -89,7 +123,11 @@ class Channel(kombu_redis.Channel):
         queue = queues[0]
         self._queue_cycle.rotate(queue)  # several queues take turns, one blocking pop each
         self._brpop_queue = queue
-        inflight = self._inflight(queue)
+        try:
+            inflight = self._inflight(queue)
+        except redis.exceptions.OutOfMemoryError as error:
+            ROOM.refused(error)
+            return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         self.client.connection.send_command("BLMOVE", queue, inflight, "RIGHT", "LEFT", timeout or 0)
@@ -101,6 +139,10 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except redis.exceptions.OutOfMemoryError as error:
+                ROOM.refused(error)
+                raise Empty() from None
+            ROOM.accepted()
             if not item:
                 raise Empty()
             queue = self._brpop_queue
@@ -118,6 +160,28 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _queue_bind(self, *args: Any) -> None:
+        # kombu records each binding at every start; a full Redis must not stop a worker
+        # from starting (the binding of an existing queue is already there).
+        try:
+            super()._queue_bind(*args)
+        except redis.exceptions.OutOfMemoryError as error:
+            ROOM.refused(error)
+
+    def maybe_refresh_binding_expiry(self) -> None:
+        # Celery's control queues expire unless refreshed; a full Redis refuses the
+        # refresh, and kombu would log a traceback for it every few seconds.
+        try:
+            super().maybe_refresh_binding_expiry()
+        except redis.exceptions.OutOfMemoryError as error:
+            ROOM.refused(error)
+
+    def _size(self, queue: str) -> int:
+        # kombu counts in a MULTI, which a full Redis refuses (queuing any command in a
+        # transaction needs memory); one list per queue needs only an LLEN.
+        with self.conn_or_acquire() as client:
+            return int(client.llen(queue))
 
     def _get(self, queue: str) -> Any:
         raise Empty()  # emailq consumes only by BLMOVE: an email must land in an in-flight list
