@@ -33,6 +33,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health_check_interval": 10,
         },
         "task_default_queue": settings.queue,
+        # Remote control (`emailq status` pings) and task events on exchanges of emailq's
+        # own: Celery's defaults (`celery.pidbox`, `celeryev`) are shared with every other
+        # Celery app on the same Redis, whose workers would answer emailq's pings.
+        "control_exchange": settings.queue,
+        "event_exchange": f"{settings.queue}.ev",
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
