@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import Counter
 
 from conftest import Reply, wait_for
@@ -73,4 +74,22 @@ def test_junk_on_the_queue_is_dead_lettered_once_without_a_reconnect(producer, e
     # The endpoint counts a request before it answers, the worker settles it after.
     wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
     assert census.count(redis_client, "emailq").queued == 0
+    assert_one_home(redis_client)
+
+
+def test_a_dead_letter_redis_refuses_stays_with_the_worker_until_it_can_land(producer, endpoint, start_worker, redis_client):
+    endpoint.behave = lambda headers, body: Reply(400, b"bad recipient")
+    redis_client.set("emailq:dlq:index", "not a sorted set")  # every DLQ write now fails
+    start_worker()
+    message_id = producer.send(SIGN_IN)
+    wait_for(lambda: len(endpoint.received) == 1, 20, "the rejected attempt")
+    time.sleep(2)
+    held = sum(redis_client.llen(k) for k in redis_client.keys("emailq:inflight:*"))
+    assert held == 1, "not acked: still held by its worker"
+    assert not redis_client.hexists("emailq:dlq", message_id), "no half-written dead letter"
+
+    redis_client.delete("emailq:dlq:index")
+    wait_for(lambda: redis_client.hexists("emailq:dlq", message_id), 10, "the dead letter once Redis takes it")
+    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
+    assert DeadLetters(redis_client, "emailq").get(message_id).reason == "rejected"
     assert_one_home(redis_client)
