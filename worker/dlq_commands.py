@@ -1,21 +1,37 @@
-"""`emailq dlq`: list, show, replay and purge dead-lettered emails."""
+"""`emailq dlq`: list, show, replay and purge dead-lettered emails.
+
+Each command reads and moves the DLQ in batches (`DeadLetters` walks it `BATCH` ids a
+round trip) and prints as it goes, so its memory stays flat however deep the DLQ is.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from typing import TextIO
 
 import click
 
 from emailq.enqueue import connect
 from emailq.settings import get_settings
-from emailq.worker.dead_letters import DeadLetters
+from emailq.worker.dead_letters import REASONS, DeadLetter, DeadLetters
+
+TABLE_LIMIT = 50  # rows `dlq list` shows unless told otherwise
 
 
 def dead_letters() -> DeadLetters:
     settings = get_settings()
-    return DeadLetters(connect(settings, timeout=5), settings.queue)
+    return DeadLetters(
+        connect(settings, timeout=5),
+        settings.queue,
+        max_entries=settings.dlq_max_entries,
+        max_age_seconds=settings.dlq_max_age_seconds,
+    )
 
 
 @click.group()
@@ -24,28 +40,51 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--limit", type=click.IntRange(1), help="Newest N only.")
-def dlq_list(as_json: bool, limit: int | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (every entry unless --limit), streamed.")
+@click.option(
+    "--limit", type=click.IntRange(0), help=f"At most N entries; 0: all. Default: {TABLE_LIMIT}, or all with --json."
+)
+@click.option("--after", metavar="ID", help="Only entries listed after ID (older ones): the next page.")
+@click.option("--reason", "reasons", multiple=True, type=click.Choice(REASONS), help="Only this reason; repeatable.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this template type; repeatable.")
+def dlq_list(as_json: bool, limit: int | None, after: str | None, reasons: tuple[str, ...], types: tuple[str, ...]) -> None:
     """Dead-lettered emails, newest first (codes and links masked)."""
-    entries = dead_letters().list(limit)
-    if as_json:
-        rows = []
-        for entry in entries:
-            row = entry.public()
-            row.pop("raw")
-            rows.append(row)
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not entries:
-        click.echo("the dead-letter queue is empty")
-        return
-    click.echo(f"{'ID':36}  {'FAILED AT (UTC)':19}  {'REASON':9}  {'STATUS':6}  {'ATT':>3}  {'TYPE':16}  TO")
+    if limit is None:
+        limit = 0 if as_json else TABLE_LIMIT
+    entries = dead_letters().entries(after=after, reasons=set(reasons), types=set(types))
+    shown = itertools.islice(entries, limit or None)
+    with _stdout() as out:
+        if as_json:
+            _print_json(out, shown)
+            return
+        last = _print_table(out, shown)
+        if last is None:
+            out.write("no entries match\n" if after or reasons or types else "the dead-letter queue is empty\n")
+        elif limit and next(entries, None) is not None:
+            out.write(f"(the newest {limit} shown; next page: emailq dlq list --after {last.id})\n")
+
+
+def _print_json(out: TextIO, entries: Iterable[DeadLetter]) -> None:
+    # One valid array, written an entry at a time: "[", entries joined by ",", "]".
+    out.write("[")
+    for n, entry in enumerate(entries):
+        row = entry.public()
+        del row["raw"]
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(row))
+    out.write("\n]\n")
+
+
+def _print_table(out: TextIO, entries: Iterable[DeadLetter]) -> DeadLetter | None:
+    last = None
     for e in entries:
-        click.echo(
+        if last is None:
+            out.write(f"{'ID':36}  {'FAILED AT (UTC)':19}  {'REASON':9}  {'STATUS':6}  {'ATT':>3}  {'TYPE':16}  TO\n")
+        out.write(
             f"{e.id:36}  {_when(e.failed_at):19}  {e.reason:9}  {str(e.status or '-'):6}  "
-            f"{e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}"
+            f"{e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}\n"
         )
+        last = e
+    return last
 
 
 @dlq.command("show")
@@ -62,11 +101,14 @@ def dlq_show(message_id: str, reveal: bool) -> None:
 def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
     """Put entries back on the queue with a fresh attempt budget (same id)."""
     store = dead_letters()
-    targets = _targets(store, ids, all_)
-    replayed, skipped = store.replay(targets, get_settings().message_ttl_seconds)
+    ttl = get_settings().message_ttl_seconds
+    if _all_or_known(store, ids, all_):
+        replayed, skipped = store.replay_all(ttl)
+    else:
+        replayed, skipped = store.replay(ids, ttl)
     for message_id in skipped:
         click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
-    click.echo(f"replayed {len(replayed)} email(s)")
+    click.echo(f"replayed {replayed} email(s)")
     if skipped and not all_:
         sys.exit(1)
 
@@ -77,27 +119,29 @@ def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
 def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
     """Delete entries for good."""
     store = dead_letters()
-    if all_:
-        if ids:
-            raise click.UsageError("give ids or --all, not both")
-        removed = store.purge_all()
-    else:
-        for message_id in _targets(store, ids, all_):
-            store.get(message_id)  # NotFound before anything is deleted
-        removed = store.purge(ids)
+    removed = store.purge_all() if _all_or_known(store, ids, all_) else store.purge(ids)
     click.echo(f"purged {removed} email(s)")
 
 
-def _targets(store: DeadLetters, ids: tuple[str, ...], all_: bool) -> list[str]:
+def _all_or_known(store: DeadLetters, ids: tuple[str, ...], all_: bool) -> bool:
+    """True for --all; otherwise checks that every id is in the DLQ, before any move."""
     if all_ and ids:
         raise click.UsageError("give ids or --all, not both")
     if not all_ and not ids:
         raise click.UsageError("give one or more ids, or --all")
-    if all_:
-        return store.ids()
     for message_id in ids:
         store.get(message_id)  # NotFound names the first unknown id before any move
-    return list(ids)
+    return all_
+
+
+@contextlib.contextmanager
+def _stdout() -> Iterator[TextIO]:
+    """stdout for a long listing; a reader that stops early (`| head`) ends it quietly."""
+    try:
+        yield sys.stdout
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _when(timestamp: float) -> str:
