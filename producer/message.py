@@ -148,16 +148,19 @@ class Envelope(BaseModel):
     # Each earlier attempt's outcome, oldest first: {"at": time, "status": int} or
     # {"at": time, "error": str}; the DLQ entry shows them all.
     history: list[dict[str, Any]] = Field(default_factory=list)
+    # True for the bulk lane (set only then, so that interactive envelopes stay small).
+    bulk: bool | None = None
     message: Email
 
     @classmethod
-    def wrap(cls, email: Email, ttl_seconds: float, *, id: str | None = None) -> Envelope:
+    def wrap(cls, email: Email, ttl_seconds: float, *, id: str | None = None, bulk: bool = False) -> Envelope:
         now = time.time()
         return cls(
             v=ENVELOPE_FORMAT,
             id=id or str(uuid.uuid4()),
             created_at=now,
             expires_at=now + ttl_seconds,
+            bulk=bulk or None,
             message=email,
         )
 

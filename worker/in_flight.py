@@ -50,17 +50,15 @@ return 1
 
 @dataclass
 class Taken:
-    """One email this process holds: where it sits in Redis, and since when."""
+    """One email this process holds: where it sits in Redis, the lane it came from (where
+    it goes back to), and since when."""
 
-    queue: str
+    lane: str
+    inflight_key: str
     item: bytes
     message_id: str | None
     taken_at: float
     settled: bool = False
-
-    @property
-    def inflight_key(self) -> str:
-        return Keys(self.queue).inflight(OWNER)
 
 
 class InFlight:
@@ -188,4 +186,4 @@ class InFlight:
         self.redis.lrem(taken.inflight_key, 1, taken.item)
 
     def _give_back(self, taken: Taken) -> None:
-        self._release(keys=[taken.inflight_key, taken.queue], args=[taken.item])
+        self._release(keys=[taken.inflight_key, taken.lane], args=[taken.item])

@@ -25,26 +25,40 @@ redis.call('LREM', KEYS[1], 1, ARGV[1])
 return 1
 """
 
-# KEYS: schedule, queue. ARGV: how many at most.
+# KEYS: schedule, interactive lane, bulk lane, wake list. ARGV: how many at most, and
+# how many wake tokens to keep at most. Each email goes back to the lane its task message
+# names (the bulk lane when its routing key says so).
 _MOVE_DUE = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, item in ipairs(due) do
-  redis.call('LPUSH', KEYS[2], item)
+  local lane = KEYS[2]
+  local ok, message = pcall(cjson.decode, item)
+  if ok and type(message) == 'table' and type(message.properties) == 'table'
+     and type(message.properties.delivery_info) == 'table'
+     and message.properties.delivery_info.routing_key == KEYS[3] then
+    lane = KEYS[3]
+  end
+  redis.call('LPUSH', lane, item)
   redis.call('ZREM', KEYS[1], item)
+  redis.call('LPUSH', KEYS[4], 1)
 end
+if #due > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[2]) - 1) end
 return #due
 """
 
 MOVE_BATCH = 1000
+WAKE_TOKENS = 1000
 
 
 class RetrySchedule:
     def __init__(self, client: redis.Redis, queue: str):
         self.redis = client
         self.queue = queue
-        self.key = Keys(queue).schedule
+        keys = Keys(queue)
+        self.key = keys.schedule
+        self._keys = [keys.schedule, keys.queue, keys.bulk, keys.wake]
         self._schedule = client.register_script(_SCHEDULE)
         self._move_due = client.register_script(_MOVE_DUE)
 
@@ -56,9 +70,9 @@ class RetrySchedule:
 
     def move_due(self) -> int:
         """Put every due email at the back of the queue; returns how many moved."""
-        moved = total = int(self._move_due(keys=[self.key, self.queue], args=[MOVE_BATCH]))
+        moved = total = int(self._move_due(keys=self._keys, args=[MOVE_BATCH, WAKE_TOKENS]))
         while moved == MOVE_BATCH:
-            moved = int(self._move_due(keys=[self.key, self.queue], args=[MOVE_BATCH]))
+            moved = int(self._move_due(keys=self._keys, args=[MOVE_BATCH, WAKE_TOKENS]))
             total += moved
         return total
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from emailq import metrics
 from emailq.message import Envelope
 from emailq.task_message import TASK_NAME, task_message
-from emailq.worker import runtime
+from emailq.worker import runtime, taking
 from emailq.worker.app import app
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.delivery import Outcome
@@ -74,6 +74,8 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         rt.breaker.failed(envelope.id, envelope.attempts + 1)
     else:
         rt.breaker.succeeded()
+    if outcome.status == 429 and rt.settings.rate_limit:
+        taking.slow_down(rt.redis, rt.settings.queue)
     if outcome.delivered:
         metrics.DELIVERED.inc()
         metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - envelope.created_at))
@@ -82,7 +84,8 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
     if outcome.retry_in is not None:
         assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
-        message = task_message(retry, rt.settings.queue)
+        # Back to the lane it came from (the task message's routing key says which).
+        message = task_message(retry, taken.lane if taken else rt.settings.queue)
         if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
             metrics.RETRIED.inc()
             log.info(

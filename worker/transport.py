@@ -29,10 +29,10 @@ from kombu.transport import virtual
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 
-from emailq.keys import Keys
 from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.in_flight import OWNER, Taken
+from emailq.worker.taking import EMPTY, TAKE, WAIT, Pause, Taker
 
 log = logging.getLogger("emailq.worker")
 
@@ -64,18 +64,20 @@ class RoomWatch:
 
 
 ROOM = RoomWatch()
+RATE = Pause()
 
 
 class QoS(kombu_redis.QoS):
     restore_at_shutdown = False
 
     def can_consume(self) -> bool:
-        return super().can_consume() and ROOM.may_take() and runtime.get().breaker.may_take()
+        return super().can_consume() and ROOM.may_take() and RATE.over() and runtime.get().breaker.may_take()
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        queue, item = self.channel._popped
+        lane, inflight_key, item = self.channel._popped
         headers = message.headers if isinstance(message.headers, dict) else {}
-        runtime.get().in_flight.take(delivery_tag, Taken(queue, item, headers.get("id"), time.monotonic()))
+        taken = Taken(lane, inflight_key, item, headers.get("id"), time.monotonic())
+        runtime.get().in_flight.take(delivery_tag, taken)
         runtime.get().breaker.taken()
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -100,19 +102,26 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
-    # emailq sends no priorities; one list per queue lets the pop be a BLMOVE.
+    # emailq sends no priorities; its lanes are lists of their own (`taking.py`).
     priority_steps = [0]
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._popped: tuple[str, bytes] | None = None
         self._brpop_queue: str | None = None
+        self._takers: dict[str, Taker] = {}
+        # What the command in flight on the polling connection is: a take (the script)
+        # or, once a take found nothing, a blocking wait for a wake-up token.
+        self._command = "take"
+        self._take_sha = self.client.script_load(TAKE)
 
-    def _inflight(self, queue: str) -> str:
+    def _taker(self, queue: str) -> Taker:
         rt = runtime.get()
         if queue not in rt.in_flight.queues:
             rt.in_flight.register(queue, int(rt.settings.heartbeat_seconds * 1000))
-        return Keys(queue).inflight(OWNER)
+        if queue not in self._takers:
+            self._takers[queue] = Taker(queue, OWNER, rt.settings.rate_limit, rt.settings.bulk_every)
+        return self._takers[queue]
 
     def _brpop_start(self, timeout: Any = None) -> None:
         if timeout is None:
@@ -121,37 +130,53 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         queue = queues[0]
-        self._queue_cycle.rotate(queue)  # several queues take turns, one blocking pop each
+        self._queue_cycle.rotate(queue)  # several queues take turns
         self._brpop_queue = queue
         try:
-            inflight = self._inflight(queue)
+            taker = self._taker(queue)
         except redis.exceptions.OutOfMemoryError as error:
             ROOM.refused(error)
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command("BLMOVE", queue, inflight, "RIGHT", "LEFT", timeout or 0)
+        if self._command == "take":
+            keys, argv = taker.args()
+            self.client.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *argv)
+        else:
+            self.client.connection.send_command("BLPOP", taker.wake, timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
+        command, self._command = self._command, "take"
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                reply = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
             except redis.exceptions.OutOfMemoryError as error:
                 ROOM.refused(error)
                 raise Empty() from None
+            except redis.exceptions.NoScriptError:
+                self._take_sha = self.client.script_load(TAKE)  # a Redis restarted empty
+                raise Empty() from None
             ROOM.accepted()
-            if not item:
+            if command != "take":
+                raise Empty()  # woken (or timed out): take next
+            if reply[0] == EMPTY:
+                self._command = "wait"
                 raise Empty()
+            if reply[0] == WAIT:
+                RATE.wait(float(reply[1]))
+                raise Empty()
+            lane, item = bytes_to_str(reply[1]), reply[2]
             queue = self._brpop_queue
             assert queue is not None
+            inflight_key = self._takers[queue].inflight
             problem, message = _decode(item)
             if problem:
-                _dead_letter(queue, item, problem)
+                _dead_letter(inflight_key, item, problem)
                 return True
-            self._popped = (queue, item)
+            self._popped = (lane, inflight_key, item)
             try:
                 self.connection._deliver(message, queue)
             finally:
@@ -209,11 +234,11 @@ def _decode(item: bytes) -> tuple[str, Any]:
     return "", message
 
 
-def _dead_letter(queue: str, item: bytes, problem: str) -> None:
+def _dead_letter(inflight_key: str, item: bytes, problem: str) -> None:
     """A queue item kombu cannot deliver: to the DLQ, out of the in-flight list at once."""
     raw = item.decode("utf-8", errors="replace")
     entry = DeadLetter(id=str(uuid.uuid4()), reason="malformed", detail=problem[:300], raw=raw[:RAW_LIMIT])
-    runtime.get().dead_letters.add(entry, taken_from=(Keys(queue).inflight(OWNER), item))
+    runtime.get().dead_letters.add(entry, taken_from=(inflight_key, item))
 
 
 class Transport(kombu_redis.Transport):

@@ -1,0 +1,105 @@
+"""How a worker takes its next email: one atomic step that picks the lane, honours the
+cluster's rate limit and moves the email onto the worker's in-flight list.
+
+Two lanes per queue (`emailq.lanes`): interactive (`<q>`: one-time codes, verification)
+and bulk (`<q>:bulk`). A take moves from the interactive lane first, except every
+`EMAILQ_BULK_EVERY`-th take, which tries bulk first, so bulk still moves while both are
+full. BLMOVE blocks on one list only, so the take is a Lua script (non-blocking) and an
+idle worker blocks instead on `<q>:wake`, a list of tokens that producers and the retry
+schedule push with each email; a take that finds both lanes empty clears the tokens.
+
+The rate limit (`EMAILQ_RATE_LIMIT`, deliveries per second across every worker on the
+Redis) is a GCRA on Redis's clock, in the same script: a take either gets its slot and
+its email together or gets neither and learns how long to wait. Waiting for a slot holds
+no thread and spends no attempt; the consumer just does not pop meanwhile. A 429 from
+the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
+`SLOWDOWN_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from emailq.keys import Keys
+
+SLOWDOWN_FACTOR = 2
+SLOWDOWN_SECONDS = 30
+# Burst allowance: at most a tenth of a second's worth of the rate at once.
+BURST_SHARE = 0.1
+
+TAKEN, WAIT, EMPTY = 1, 0, 2
+
+# KEYS: first lane, second lane, in-flight list, rate key, slowdown key, wake list.
+# ARGV: emission interval in ms (0: no limit), burst tolerance in ms.
+# Returns {TAKEN, lane, item} | {WAIT, ms} | {EMPTY}.
+TAKE = """
+local interval = tonumber(ARGV[1])
+local now, tat
+if interval > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  interval = interval * tonumber(redis.call('GET', KEYS[5]) or '1')
+  tat = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if tat < now then tat = now end
+  if tat - now > tonumber(ARGV[2]) then return {0, tat - now - tonumber(ARGV[2])} end
+end
+local lane = KEYS[1]
+local item = redis.call('LMOVE', KEYS[1], KEYS[3], 'RIGHT', 'LEFT')
+if not item then
+  lane = KEYS[2]
+  item = redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'LEFT')
+end
+if not item then
+  redis.call('DEL', KEYS[6])
+  return {2}
+end
+if interval > 0 then
+  redis.call('SET', KEYS[4], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
+end
+return {1, lane, item}
+"""
+
+
+class Taker:
+    """The take script's arguments for one queue, and the bookkeeping around it."""
+
+    def __init__(self, queue: str, owner: str, rate_limit: float | None, bulk_every: int):
+        keys = Keys(queue)
+        self.queue = queue
+        self.lanes = (keys.queue, keys.bulk)
+        self.inflight = keys.inflight(owner)
+        self.wake = keys.wake
+        self._rate, self._slowdown = keys.rate, keys.rate_slowdown
+        self.interval_ms = 1000.0 / rate_limit if rate_limit else 0.0
+        self.burst_ms = BURST_SHARE * 1000.0 if rate_limit else 0.0
+        self.bulk_every = bulk_every
+        self._takes = 0
+
+    def args(self) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV for the next take."""
+        self._takes += 1
+        first, second = self.lanes
+        if self.bulk_every and self._takes % self.bulk_every == 0:
+            first, second = second, first
+        keys = [first, second, self.inflight, self._rate, self._slowdown, self.wake]
+        return keys, [f"{self.interval_ms:.3f}", f"{self.burst_ms:.3f}"]
+
+
+def slow_down(client: redis.Redis, queue: str) -> None:
+    """The endpoint answered 429 while a rate limit is set: slow every worker down."""
+    client.set(Keys(queue).rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
+
+
+class Pause:
+    """Until when the consumer must not take (rate limit), on this process's clock."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def wait(self, ms: float) -> None:
+        self._until = time.monotonic() + ms / 1000
+
+    def over(self) -> bool:
+        return time.monotonic() >= self._until
