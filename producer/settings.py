@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=65536, ge=256, le=10 * 1024 * 1024)
     message_ttl_seconds: float = Field(default=900, gt=0)
 
+    # Lanes: these types (and anything sent with bulk=True / --bulk) go to the bulk lane,
+    # behind the interactive one; a worker still takes bulk first once every
+    # `bulk_every` takes. Bulk emails live longer: a rate-limited send of 100,000 must not
+    # expire on the queue.
+    bulk_types: str = Field(default="OrganizationInvitation,Generic", pattern=r"^[A-Za-z0-9_,. -]*$")
+    bulk_every: int = Field(default=10, ge=0, le=1000)
+    bulk_ttl_seconds: float = Field(default=21600, gt=0)
+    # Deliveries per second to the endpoint across every worker on this Redis; unset: no
+    # limit. A burst of at most a tenth of a second's worth is allowed.
+    rate_limit: float | None = Field(default=None, gt=0, le=100000)
+
     # Delivery.
     endpoint_url: HttpUrl | None = None
     endpoint_authorization: SecretStr | None = None
@@ -162,6 +173,10 @@ class Settings(BaseSettings):
                 f"longest delivery attempt ({longest:.0f}s: EMAILQ_REQUEST_TIMEOUT x 2)"
             )
         return self
+
+    def is_bulk(self, email_type: str) -> bool:
+        """Whether emails of this type go to the bulk lane (`EMAILQ_BULK_TYPES`)."""
+        return email_type in {t.strip() for t in self.bulk_types.split(",")}
 
     def longest_delivery_seconds(self) -> float:
         """How long a worker may hold one email: one attempt (the request timeout bounds
