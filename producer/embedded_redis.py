@@ -6,6 +6,10 @@ directory and AOF persistence on. It keeps running after the command that starte
 the next command finds it. It listens on loopback TCP with a generated password (so that
 Celery, Flower and redis-cli all reach it by an ordinary `redis://` URL) and on a Unix
 socket for local tools.
+
+Only the `emailq` command starts it (it calls `allow_start()` first). A web app's
+`send_email` uses it only when it already runs: with `EMAILQ_REDIS_URL` forgotten in
+production, a private Redis on the web host would take emails that no worker ever reads.
 """
 
 from __future__ import annotations
@@ -26,6 +30,35 @@ from emailq.errors import ConfigError
 URL_FILE = "redis.url"
 _START_TIMEOUT = 10.0
 
+_may_start = False
+
+
+def allow_start() -> None:
+    """Let this process start the embedded Redis when none is running (the `emailq` CLI)."""
+    global _may_start
+    _may_start = True
+
+
+def url(data_dir: Path) -> str:
+    """The embedded Redis's `redis://` URL: started first if need be when this process
+    may start it (see `allow_start`), else only if it already runs; else ConfigError."""
+    if _may_start:
+        return ensure_running(data_dir)
+    found = running(data_dir)
+    if found is None:
+        raise ConfigError(
+            f"EMAILQ_REDIS_URL is not set and no embedded Redis is running (in {data_dir}): "
+            "set it to your Redis (e.g. redis://host:6379/0), or run 'emailq dev' to start "
+            "the embedded one"
+        )
+    return found
+
+
+def running(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis if it runs and answers, else None."""
+    found = _read(data_dir / URL_FILE)
+    return found if found and _answers(found) else None
+
 
 def redis_server_binary() -> str:
     """The path of a redis-server; raises ConfigError when there is none."""
@@ -43,19 +76,18 @@ def redis_server_binary() -> str:
 
 def ensure_running(data_dir: Path) -> str:
     """Start the embedded Redis unless it already runs; returns its `redis://` URL."""
-    url_file = data_dir / URL_FILE
-    url = _read(url_file)
-    if url and _answers(url):
-        return url
+    found = running(data_dir)
+    if found:
+        return found
     data_dir.mkdir(parents=True, exist_ok=True)
     # Two commands starting at once must not start two servers on one data directory.
     with open(data_dir / "redis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        url = _read(url_file)
-        if url and _answers(url):
-            return url
+        found = running(data_dir)
+        if found:
+            return found
         port, password = _free_port(), secrets.token_urlsafe(24)
-        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        started = f"redis://:{password}@127.0.0.1:{port}/0"
         subprocess.run(
             [redis_server_binary(), "-"],
             input=_config(data_dir, port, password).encode(),
@@ -63,23 +95,23 @@ def ensure_running(data_dir: Path) -> str:
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + _START_TIMEOUT
-        while not _answers(url):
+        while not _answers(started):
             if time.monotonic() > deadline:
                 raise ConfigError(f"the embedded Redis did not start; see {data_dir / 'redis.log'}")
             time.sleep(0.05)
-        fd = os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(data_dir / URL_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(url)
-    return url
+            out.write(started)
+    return started
 
 
 def stop(data_dir: Path) -> bool:
     """Shut the embedded Redis down (saving its data); False if it was not running."""
-    url = _read(data_dir / URL_FILE)
-    if not url or not _answers(url):
+    found = running(data_dir)
+    if found is None:
         return False
     try:
-        redis.Redis.from_url(url).shutdown()
+        redis.Redis.from_url(found).shutdown()
     except redis.ConnectionError:
         pass  # shutdown closes the connection before it answers
     return True

@@ -25,10 +25,11 @@ _CHUNK = 1000
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """`EMAILQ_REDIS_URL`, or the embedded Redis (started if need be) when it is unset."""
+    """`EMAILQ_REDIS_URL`, or else the embedded Redis: started if need be by the `emailq`
+    command, used only if already running by a web app (raises ConfigError otherwise)."""
     if settings.redis_url is not None:
         return str(settings.redis_url)
-    return embedded_redis.ensure_running(settings.data_dir)
+    return embedded_redis.url(settings.data_dir)
 
 
 def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
