@@ -2,7 +2,9 @@
 
 Every email is validated before anything is written, a batch goes in one atomic
 transaction (all or none), and Redis gets a short timeout so that an unreachable
-queue fails a web request fast instead of hanging it.
+queue fails a web request fast instead of hanging it. When Redis fails, the error says
+honestly whether the write may have landed: nothing was sent, or it was sent and the
+answer was lost.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class Producer:
     def send_many(self, emails: Iterable[Email | Mapping[str, Any]]) -> list[str]:
         """Enqueue several emails in one round trip, all or none; returns their ids in order.
 
-        Raises InvalidMessage naming every bad item (by index) before writing anything.
+        Raises InvalidMessage naming every bad item (by index) before writing anything,
+        and QueueUnavailable (see its `maybe_enqueued`) when Redis fails.
         """
         checked: list[Email] = []
         problems: list[str] = []
@@ -93,26 +96,76 @@ class Producer:
         if problems:
             raise InvalidMessage(problems)
         envelopes = [Envelope.wrap(e, self.settings.message_ttl_seconds) for e in checked]
-        self.push([task_message(e, self.settings.queue) for e in envelopes])
-        return [e.id for e in envelopes]
+        ids = [e.id for e in envelopes]
+        self.push([task_message(e, self.settings.queue) for e in envelopes], ids=ids)
+        return ids
 
-    def push(self, messages: list[str]) -> None:
-        """LPUSH ready-made task messages atomically (BRPOP then takes them in order)."""
+    def push(self, messages: list[str], *, ids: list[str] | None = None) -> None:
+        """LPUSH ready-made task messages atomically (BRPOP then takes them in order);
+        `ids`, when given, name them in a QueueUnavailable."""
         if not messages:
             return
+        queue = self.settings.queue
+        if len(messages) <= _CHUNK:
+            self._write([("LPUSH", queue, *messages)], ids=ids)
+            return
+        # LPUSH takes so many arguments at once; MULTI keeps the chunks all or none.
+        chunks = [("LPUSH", queue, *messages[i : i + _CHUNK]) for i in range(0, len(messages), _CHUNK)]
+        replies = self._write([("MULTI",), *chunks, ("EXEC",)], ids=ids)
+        refused = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if refused:
+            # Each chunk fails alike (the queue's key holds another type): none landed.
+            raise QueueUnavailable(_refused(refused[0]), ids=ids)
+
+    def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
+        """Send `commands` in one round trip on one connection; returns the last reply.
+
+        Takes the connection (connect, health check) before sending anything, so that a
+        failure says truthfully whether the write may have landed: before sending,
+        nothing was enqueued; after, a lost answer means Redis may have applied it.
+        """
+        pool = self._redis.connection_pool
         try:
-            if len(messages) <= _CHUNK:
-                self._redis.lpush(self.settings.queue, *messages)
-                return
-            with self._redis.pipeline(transaction=True) as pipe:
-                for start in range(0, len(messages), _CHUNK):
-                    pipe.lpush(self.settings.queue, *messages[start : start + _CHUNK])
-                pipe.execute()
+            connection = pool.get_connection()
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}") from None
+            raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
+        sent = False
+        try:
+            connection.check_health()  # a PING when idle a while; its failure sent nothing
+            # A failure while sending leaves the last command incomplete: Redis runs none
+            # of it (a batch is one MULTI ... EXEC).
+            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            sent = True
+            replies = [connection.read_response() for _ in commands]
+        except (redis.ResponseError, redis.BusyLoadingError, redis.AuthenticationError) as error:
+            # Redis answered, and refused (full, read-only, loading, wrong type).
+            connection.disconnect()  # later replies may be left unread
+            raise QueueUnavailable(_refused(error), ids=ids) from None
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            connection.disconnect()
+            if not sent:
+                raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
+            raise QueueUnavailable(_maybe_enqueued(error, ids or []), maybe_enqueued=True, ids=ids) from None
+        finally:
+            pool.release(connection)
+        return replies[-1]
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _refused(error: Exception) -> str:
+    if isinstance(error, redis.OutOfMemoryError):
+        return f"Redis is full (maxmemory), nothing was enqueued: {error}"
+    return f"Redis refused the write, nothing was enqueued: {error}"
+
+
+def _maybe_enqueued(error: Exception, ids: list[str]) -> str:
+    what = f"email {ids[0]}" if len(ids) == 1 else f"the {len(ids)} emails" if ids else "the emails"
+    return (
+        f"Redis did not answer after the write was sent ({error}): {what} may have been "
+        "enqueued; sending again may deliver twice"
+    )
 
 
 @functools.cache

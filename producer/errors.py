@@ -21,8 +21,18 @@ class InvalidMessage(EmailqError):
 
 
 class QueueUnavailable(EmailqError):
-    """Redis could not be reached in time: nothing was enqueued; retry later or check
-    `EMAILQ_REDIS_URL`."""
+    """Redis could not take the email(s); retry later or check `EMAILQ_REDIS_URL`.
+
+    `maybe_enqueued` False: nothing was sent to Redis, so nothing was enqueued. True: the
+    write was sent but its answer never came (a timeout, a dropped connection), so the
+    email(s) may be on the queue; sending again may deliver twice. `ids` are the ids the
+    email(s) were given (queued under them if they did land).
+    """
+
+    def __init__(self, message: str, *, maybe_enqueued: bool = False, ids: list[str] | None = None):
+        self.maybe_enqueued = maybe_enqueued
+        self.ids = list(ids or [])
+        super().__init__(message)
 
 
 class NotFound(EmailqError):

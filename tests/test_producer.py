@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import emailq
-from conftest import free_port, settings_from
+from busy_redis import busy
+from conftest import free_port, settings_from, wait_for
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
 
@@ -303,6 +304,72 @@ def test_invalid_email_is_reported_before_redis_is_needed(settings_env):
 def test_queue_unavailable_is_an_emailq_error():
     assert issubclass(emailq.QueueUnavailable, emailq.EmailqError)
     assert issubclass(emailq.InvalidMessage, emailq.EmailqError)
+
+
+# --- honest answers: did the write land? ---------------------------------------------
+
+
+def test_a_refused_connection_says_nothing_was_enqueued(settings_env):
+    p = unreachable(settings_env, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(emailq.QueueUnavailable) as raised:
+            p.send(SIGN_IN)
+    finally:
+        p.close()
+    assert raised.value.maybe_enqueued is False
+    assert "nothing was enqueued" in str(raised.value)
+
+
+@pytest.mark.parametrize("count", [1, 3, 1500])  # 1500: over one LPUSH, a MULTI
+def test_a_timeout_after_sending_says_the_emails_may_have_been_enqueued(settings_env, redis_server, redis_client, count):
+    p = unreachable(settings_env, redis_server.url)
+    try:
+        assert p.ping()  # connected: the next write is sent, and its answer is what is lost
+        with busy(redis_server.url, 1.5):
+            started = time.monotonic()
+            with pytest.raises(emailq.QueueUnavailable) as raised:
+                p.send_many([email(n) for n in range(count)])
+            assert time.monotonic() - started < 1.0
+    finally:
+        p.close()
+    error = raised.value
+    assert error.maybe_enqueued is True
+    assert "may have been enqueued" in str(error) and "nothing was enqueued" not in str(error)
+    assert len(error.ids) == count
+    if count == 1:
+        assert error.ids[0] in str(error)
+    if count > 1000:
+        # Redis reads a large batch in parts and drops the rest when it finds the
+        # producer gone: then none of it lands. All or none, still.
+        time.sleep(0.5)
+        assert redis_client.llen("emailq") in (0, count)
+        return
+    # It was not a lie to say "may": once Redis is free again, the write it had runs.
+    wait_for(lambda: redis_client.llen("emailq") == count, 5, "the write sent before the timeout to land")
+    assert [e["id"] for e in queued(redis_client)] == error.ids
+
+
+def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_client):
+    redis_client.set("filler", b"x" * (2 << 20))
+    redis_client.config_set("maxmemory", "1mb")
+    try:
+        for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500)):
+            with pytest.raises(emailq.QueueUnavailable) as raised:
+                attempt()
+            assert raised.value.maybe_enqueued is False
+            assert "Redis is full" in str(raised.value) and "nothing was enqueued" in str(raised.value)
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert redis_client.llen("emailq") == 0
+    assert producer.send(SIGN_IN)  # the same producer carries on once there is room
+
+
+def test_a_queue_key_of_another_type_is_refused_in_one_line(producer, redis_client):
+    redis_client.set("emailq", "not a list")
+    for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500)):
+        with pytest.raises(emailq.QueueUnavailable, match="WRONGTYPE") as raised:
+            attempt()
+        assert raised.value.maybe_enqueued is False
 
 
 # --- the web app's import -----------------------------------------------------------
