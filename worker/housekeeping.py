@@ -9,7 +9,8 @@
 - repeating acks and releases that Redis did not take, and giving back (the backstop)
   emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`;
 - every `ADOPT_EVERY_TICKS`, registering in-flight lists no owner is registered for (so
-  the sweep looks at them) and taking over what an older release left (`legacy.py`).
+  the sweep looks at them), taking over what an older release left (`legacy.py`), and
+  applying the DLQ's retention even when nothing new is dead-lettered.
 
 A thread rather than Celery's event loop: the loop is rebuilt on every reconnect and
 stalls with it, and a heartbeat must not.
@@ -128,6 +129,7 @@ class Housekeeper:
                     log.warning("found %s with no registered worker: registering it for the sweep", key.decode())
                     client.sadd(keys.owners, owner)
             self._legacy.take_over(queue)
+        self.runtime.dead_letters.trim()
 
     def leave(self) -> None:
         """At a clean exit, after the pool finished: give back what is left, stop the

@@ -37,7 +37,12 @@ class Runtime:
         )
         self.in_flight = InFlight(self.redis)
         self.schedule = RetrySchedule(self.redis, settings.queue)
-        self.dead_letters = DeadLetters(self.redis, settings.queue)
+        self.dead_letters = DeadLetters(
+            self.redis,
+            settings.queue,
+            max_entries=settings.dlq_max_entries,
+            max_age_seconds=settings.dlq_max_age_seconds,
+        )
         self.breaker = CircuitBreaker(
             settings.breaker_threshold,
             settings.breaker_probe_seconds,

@@ -130,6 +130,12 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         queue = queues[0]
+        if queue.endswith(".pidbox"):
+            # Celery's remote-control replies (`emailq status`): not emails; kombu's own
+            # pop, without lanes or an in-flight list.
+            self._command = "BRPOP"
+            super()._brpop_start(timeout)
+            return
         self._queue_cycle.rotate(queue)  # several queues take turns
         self._brpop_queue = queue
         try:
@@ -147,6 +153,8 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         command, self._command = self._command, "take"
+        if command == "BRPOP":
+            return bool(super()._brpop_read(**options))
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, command, **options)
