@@ -10,6 +10,9 @@ answer was lost.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,12 +21,27 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from emailq import embedded_redis
-from emailq.errors import InvalidMessage, QueueUnavailable
+from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
+from emailq.keys import Keys
 from emailq.message import Email, Envelope, parse_email
 from emailq.settings import Settings, get_settings
 from emailq.task_message import task_message
 
 _CHUNK = 1000
+
+# Enqueue an email unless its idempotency key already enqueued one; returns the key's
+# record ("<email digest> <id>") when it did. LPUSH before SET: a script is not rolled
+# back, so the only write that can fail (LPUSH on a wrong type, or the first write under
+# maxmemory) must come first, or a key could be left without its email.
+#   KEYS[1] <q>:idem:<hash>   KEYS[2] <q>
+#   ARGV[1] record            ARGV[2] lifetime, ms    ARGV[3] task message
+_ENQUEUE_ONCE = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
 
 
 def resolve_redis_url(settings: Settings) -> str:
@@ -100,6 +118,35 @@ class Producer:
         self.push([task_message(e, self.settings.queue) for e in envelopes], ids=ids)
         return ids
 
+    def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
+        """Enqueue `email` unless `key` already enqueued one within EMAILQ_MESSAGE_TTL_SECONDS.
+
+        Returns (id, True) when enqueued now, and (the first id, False) for a repeat of
+        the same email, which enqueues nothing. Raises IdempotencyConflict when `key` was
+        used for a different email, else as `send`. The check and the enqueue are one
+        Redis script: a key never exists without its email, nor an email twice under it.
+        """
+        checked = self.validate(email)
+        envelope = Envelope.wrap(checked, self.settings.message_ttl_seconds)
+        digest = _digest(checked)
+        queue = self.settings.queue
+        record = self._write(
+            [(
+                "EVAL", _ENQUEUE_ONCE, 2,
+                Keys(queue).idempotency(hashlib.sha256(key.encode()).hexdigest()), queue,
+                f"{digest} {envelope.id}",
+                max(1, math.ceil(self.settings.message_ttl_seconds * 1000)),
+                task_message(envelope, queue),
+            )],
+            ids=[envelope.id],
+        )
+        if record is None:
+            return envelope.id, True
+        first_digest, _, first_id = record.decode().partition(" ")
+        if first_digest != digest:
+            raise IdempotencyConflict("this idempotency key was already used for a different email")
+        return first_id, False
+
     def push(self, messages: list[str], *, ids: list[str] | None = None) -> None:
         """LPUSH ready-made task messages atomically (BRPOP then takes them in order);
         `ids`, when given, name them in a QueueUnavailable."""
@@ -152,6 +199,12 @@ class Producer:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _digest(email: Email) -> str:
+    """What makes two emails the same for an idempotency key: their JSON, key order aside."""
+    canonical = json.dumps(email.body(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _refused(error: Exception) -> str:

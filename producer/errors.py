@@ -35,5 +35,10 @@ class QueueUnavailable(EmailqError):
         super().__init__(message)
 
 
+class IdempotencyConflict(EmailqError):
+    """The idempotency key was already used for a different email: nothing was enqueued;
+    use a fresh key for a new email."""
+
+
 class NotFound(EmailqError):
     """No dead-lettered email has that id."""

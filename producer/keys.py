@@ -12,6 +12,9 @@ shares a Redis database with other apps without reading or moving their keys.
                                      time (ms, Redis's clock); due ones rejoin <q>
     <q>:dlq                  hash    message id -> dead-letter entry (JSON)
     <q>:dlq:index            zset    message id scored by the time it failed
+    <q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
+                                     its hash) that enqueued that email; expires after
+                                     EMAILQ_MESSAGE_TTL_SECONDS
 
 An email is in exactly one of <q>, an in-flight list, <q>:schedule and <q>:dlq (or
 delivered), and every move between them is one Lua script or MULTI.
@@ -47,3 +50,6 @@ class Keys:
 
     def alive(self, owner: str) -> str:
         return f"{self.queue}:alive:{owner}"
+
+    def idempotency(self, key_hash: str) -> str:
+        return f"{self.queue}:idem:{key_hash}"

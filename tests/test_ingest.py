@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from busy_redis import busy
 from conftest import EMAILQ, RedisServer, free_port, wait_for
 
 TOKEN = "Bearer ingest-token-123"
@@ -148,6 +149,7 @@ def test_redis_down_is_503_and_readiness_fails(settings_env, tmp_path):
         own.kill()
         response = server.post(json.dumps(LOGTO_BODY).encode(), {"Authorization": TOKEN})
         assert response.status_code == 503
+        assert "nothing was enqueued" in response.json()["error"]
         assert httpx.get(server.url + "/readyz").status_code == 503
         assert httpx.get(server.url + "/healthz").status_code == 200
 
@@ -156,6 +158,86 @@ def test_redis_down_is_503_and_readiness_fails(settings_env, tmp_path):
     finally:
         server.stop()
         own.stop()
+
+
+# --- Idempotency-Key: each key enqueued at most once -------------------------------
+
+
+def test_a_repeat_with_the_same_idempotency_key_answers_the_first_id_and_enqueues_nothing(ingest, redis_client):
+    headers = {"Authorization": TOKEN, "Idempotency-Key": "logto-7f3c2a"}
+    first = ingest.post(json.dumps(LOGTO_BODY).encode(), headers)
+    # The same email again, as a retry would send it (here with other whitespace).
+    again = ingest.post(json.dumps(LOGTO_BODY, indent=2).encode(), headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert [e["id"] for e in queued_envelopes(redis_client)] == [first.json()["id"]]
+    assert 'emailq_enqueued_total{source="ingest"} 1.0' in httpx.get(ingest.url + "/metrics").text
+
+
+def test_the_same_idempotency_key_with_another_email_is_409(ingest, redis_client):
+    headers = {"Authorization": TOKEN, "Idempotency-Key": "logto-7f3c2a"}
+    assert ingest.post(json.dumps(LOGTO_BODY).encode(), headers).status_code == 202
+    other = {**LOGTO_BODY, "payload": {"code": "654321"}}
+
+    response = ingest.post(json.dumps(other).encode(), headers)
+
+    assert response.status_code == 409
+    assert "Idempotency-Key" in response.json()["error"]
+    assert redis_client.llen("emailq") == 1
+
+
+def test_different_idempotency_keys_or_none_enqueue_each_time(ingest, redis_client):
+    for key in ("a", "b", None, None):
+        headers = {"Authorization": TOKEN} | ({"Idempotency-Key": key} if key else {})
+        assert ingest.post(json.dumps(LOGTO_BODY).encode(), headers).status_code == 202
+    assert redis_client.llen("emailq") == 4
+
+
+@pytest.mark.parametrize("key", ["k" * 256, "caf\xe9", "a\x7fb"])
+def test_a_malformed_idempotency_key_is_400(ingest, redis_client, key):
+    headers = {"Authorization": TOKEN, "Idempotency-Key": key.encode("latin-1")}
+    response = ingest.post(json.dumps(LOGTO_BODY).encode(), headers)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["error"]
+    assert redis_client.llen("emailq") == 0
+
+
+def test_an_invalid_email_under_a_key_is_422_and_leaves_the_key_free(ingest, redis_client):
+    headers = {"Authorization": TOKEN, "Idempotency-Key": "k1"}
+    assert ingest.post(json.dumps({**LOGTO_BODY, "to": "nobody"}).encode(), headers).status_code == 422
+    assert ingest.post(json.dumps(LOGTO_BODY).encode(), headers).status_code == 202
+    assert redis_client.llen("emailq") == 1
+
+
+def test_a_busy_redis_is_503_may_have_been_enqueued_and_a_retry_with_the_key_sends_once(
+    settings_env, redis_server, redis_client, tmp_path
+):
+    # Issue 9: a Redis busy for 2 s answered 503 "nothing was enqueued" while the email
+    # was; Logto retried and the user got two emails under different ids.
+    env = {**settings_env, "EMAILQ_INGEST_AUTHORIZATION": TOKEN, "EMAILQ_REDIS_TIMEOUT": "0.3"}
+    server = Ingest(env, tmp_path)
+    body = json.dumps(LOGTO_BODY).encode()
+    keyed = {"Authorization": TOKEN, "Idempotency-Key": "retry-me"}
+    try:
+        for headers in ({"Authorization": TOKEN}, keyed):
+            redis_client.delete("emailq")
+            assert httpx.get(server.url + "/readyz").status_code == 200  # connected
+            with busy(redis_server.url, 2):
+                response = server.post(body, headers, timeout=10)
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert "may have been enqueued" in error and "nothing was enqueued" not in error
+            [landed] = queued_envelopes(redis_client)  # it had: "may" was the truth
+
+        # The retry Logto makes, with the same key: the email that landed, not a second one.
+        retried = server.post(body, keyed)
+        assert retried.status_code == 202
+        assert retried.json()["id"] == landed["id"]
+        assert redis_client.llen("emailq") == 1
+    finally:
+        server.stop()
 
 
 def test_metrics_and_openapi(ingest):
@@ -169,6 +251,10 @@ def test_metrics_and_openapi(ingest):
     spec = httpx.get(ingest.url + "/openapi.json").json()
     schema = spec["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["required"]) == {"to", "type", "payload"}
+    [parameter] = spec["paths"]["/"]["post"]["parameters"]
+    assert parameter["name"] == "Idempotency-Key" and parameter["in"] == "header"
+    assert parameter["required"] is False
+    assert {"409", "503"} <= set(spec["paths"]["/"]["post"]["responses"])
 
 
 def test_unset_ingest_authorization_warns_loudly(settings_env, redis_client, tmp_path):

@@ -353,7 +353,8 @@ def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_clie
     redis_client.set("filler", b"x" * (2 << 20))
     redis_client.config_set("maxmemory", "1mb")
     try:
-        for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500)):
+        for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500),
+                        lambda: producer.send_once(SIGN_IN, "key-1")):
             with pytest.raises(emailq.QueueUnavailable) as raised:
                 attempt()
             assert raised.value.maybe_enqueued is False
@@ -361,15 +362,69 @@ def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_clie
     finally:
         redis_client.config_set("maxmemory", "0")
     assert redis_client.llen("emailq") == 0
+    assert redis_client.keys("emailq:idem:*") == []
     assert producer.send(SIGN_IN)  # the same producer carries on once there is room
 
 
 def test_a_queue_key_of_another_type_is_refused_in_one_line(producer, redis_client):
     redis_client.set("emailq", "not a list")
-    for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500)):
+    for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500),
+                    lambda: producer.send_once(SIGN_IN, "key-1")):
         with pytest.raises(emailq.QueueUnavailable, match="WRONGTYPE") as raised:
             attempt()
         assert raised.value.maybe_enqueued is False
+    assert redis_client.keys("emailq:idem:*") == []  # no key left without its email
+
+
+# --- at most once per idempotency key ------------------------------------------------
+
+
+def test_send_once_enqueues_a_key_once_and_answers_the_first_id(producer, redis_client):
+    first, enqueued = producer.send_once(SIGN_IN, "order-42-signin")
+    assert enqueued is True
+    # The same email, its keys in another order: a repeat, not a new email.
+    again = {"payload": {"locale": "en", "code": "123456"}, "type": "SignIn", "to": "foo@logto.io"}
+    assert producer.send_once(again, "order-42-signin") == (first, False)
+    assert [e["id"] for e in queued(redis_client)] == [first]
+
+    second, enqueued = producer.send_once(SIGN_IN, "order-43-signin")
+    assert enqueued is True and second != first
+
+
+def test_send_once_with_a_key_used_for_another_email_is_a_conflict(producer, redis_client):
+    from emailq.errors import IdempotencyConflict
+
+    producer.send_once(SIGN_IN, "k")
+    with pytest.raises(IdempotencyConflict):
+        producer.send_once({**SIGN_IN, "payload": {"code": "654321"}}, "k")
+    assert redis_client.llen("emailq") == 1
+    assert isinstance(IdempotencyConflict("x"), emailq.EmailqError)
+
+
+def test_an_idempotency_key_lasts_as_long_as_the_message_ttl(settings_env, redis_client):
+    import hashlib
+
+    p = emailq.Producer(settings_from({**settings_env, "EMAILQ_MESSAGE_TTL_SECONDS": "0.5"}))
+    try:
+        first, _ = p.send_once(SIGN_IN, "short-lived")
+        name = "emailq:idem:" + hashlib.sha256(b"short-lived").hexdigest()
+        assert 0 < redis_client.pttl(name) <= 500
+        assert redis_client.get(name).decode().endswith(" " + first)
+        time.sleep(0.6)
+        second, enqueued = p.send_once(SIGN_IN, "short-lived")
+    finally:
+        p.close()
+    assert enqueued is True and second != first
+    assert redis_client.llen("emailq") == 2
+
+
+def test_send_once_checks_the_email_before_redis(settings_env):
+    p = unreachable(settings_env, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(emailq.InvalidMessage):
+            p.send_once({**SIGN_IN, "to": "nobody"}, "k")
+    finally:
+        p.close()
 
 
 # --- the web app's import -----------------------------------------------------------
