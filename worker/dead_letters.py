@@ -96,11 +96,14 @@ _TRIM = _RETAIN + """
 return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
 """
 
+# KEYS: dlq, index, the email's lane, the wake list. ARGV: id, the task message.
 _REPLAY = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LPUSH', KEYS[4], 1)
+redis.call('LTRIM', KEYS[4], 0, 999)
 return 1
 """
 
@@ -310,12 +313,14 @@ class DeadLetters:
 
     # --- out ------------------------------------------------------------------------
 
-    def replay(self, message_ids: Iterable[str], ttl_seconds: float) -> tuple[int, list[str]]:
-        """Put entries back on the queue with a fresh attempt budget and TTL, keeping their
-        id (the endpoint's idempotency key): `BATCH` per round trip, each email moved by
-        one script call of its own. Returns (how many were replayed, ids that cannot be
-        replayed because the original message was undecodable). Ids no longer in the DLQ
-        are passed over."""
+    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None
+               ) -> tuple[int, list[str]]:
+        """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
+        lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
+        `BATCH` per round trip, each email moved by one script call of its own. Returns
+        (how many were replayed, ids that cannot be replayed because the original message
+        was undecodable). Ids no longer in the DLQ are passed over."""
+        keys = Keys(self.queue)
         replayed, skipped = 0, []
         for chunk in _chunks(message_ids):
             with self._redis.pipeline(transaction=False) as pipe:
@@ -329,18 +334,21 @@ class DeadLetters:
                     except ValidationError:
                         skipped.append(message_id)
                         continue
-                    fresh = Envelope.wrap(envelope.message, ttl_seconds, id=envelope.id)
+                    bulk = bool(envelope.bulk)
+                    ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
+                    fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
+                    lane = keys.bulk if bulk else keys.queue
                     self._replay(
-                        keys=[self.key, self.index_key, self.queue],
-                        args=[message_id, task_message(fresh, self.queue)],
+                        keys=[self.key, self.index_key, lane, keys.wake],
+                        args=[message_id, task_message(fresh, lane)],
                         client=pipe,
                     )
                 replayed += sum(pipe.execute())
         return replayed, skipped
 
-    def replay_all(self, ttl_seconds: float) -> tuple[int, list[str]]:
+    def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, list[str]]:
         """`replay` every entry there was when it began."""
-        return self.replay(itertools.chain.from_iterable(self._pages()), ttl_seconds)
+        return self.replay(itertools.chain.from_iterable(self._pages()), ttl_seconds, bulk_ttl_seconds)
 
     def purge(self, message_ids: Iterable[str]) -> int:
         """Delete entries for good, `BATCH` per MULTI; returns how many were there."""

@@ -101,11 +101,12 @@ def dlq_show(message_id: str, reveal: bool) -> None:
 def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
     """Put entries back on the queue with a fresh attempt budget (same id)."""
     store = dead_letters()
-    ttl = get_settings().message_ttl_seconds
+    settings = get_settings()
+    ttl, bulk_ttl = settings.message_ttl_seconds, settings.bulk_ttl_seconds
     if _all_or_known(store, ids, all_):
-        replayed, skipped = store.replay_all(ttl)
+        replayed, skipped = store.replay_all(ttl, bulk_ttl)
     else:
-        replayed, skipped = store.replay(ids, ttl)
+        replayed, skipped = store.replay(ids, ttl, bulk_ttl)
     for message_id in skipped:
         click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
     click.echo(f"replayed {replayed} email(s)")
