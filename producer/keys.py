@@ -3,8 +3,12 @@
 All of them start with the queue's name (`EMAILQ_QUEUE`, default `emailq`), so emailq
 shares a Redis database with other apps without reading or moving their keys.
 
-    <q>                      list    queued: Celery task messages; producers LPUSH, workers
-                                     take from the right (BLMOVE onto their in-flight list)
+    <q>                      list    queued, interactive lane: Celery task messages;
+                                     producers LPUSH, workers take from the right
+    <q>:bulk                 list    queued, bulk lane (taken after <q>, 1 in 10 before)
+    <q>:wake                 list    tokens pushed with each email; idle workers block on it
+    <q>:rate                 string  the rate limit's next free slot (ms, Redis's clock)
+    <q>:rate:slowdown        string  a factor on the rate limit's interval after a 429
     <q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
     <q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
     <q>:owners               set     owners that may hold an in-flight list
@@ -28,6 +32,22 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Keys:
     queue: str
+
+    @property
+    def bulk(self) -> str:
+        return f"{self.queue}:bulk"
+
+    @property
+    def wake(self) -> str:
+        return f"{self.queue}:wake"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.queue}:rate"
+
+    @property
+    def rate_slowdown(self) -> str:
+        return f"{self.queue}:rate:slowdown"
 
     @property
     def owners(self) -> str:
