@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from emailq import census
+from emailq import census, embedded_redis
 from emailq.enqueue import Producer, connect
 from emailq.errors import ConfigError, EmailqError, InvalidMessage
 from emailq.jsonl import read_emails
@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     import redis
     from kombu.exceptions import OperationalError
 
+    # An `emailq` command may start the embedded Redis when EMAILQ_REDIS_URL is unset; a
+    # web app calling the library may not (it would queue where no worker looks).
+    embedded_redis.allow_start()
     try:
         code = cli.main(args=argv, prog_name="emailq", standalone_mode=False)
     except click.UsageError as error:
