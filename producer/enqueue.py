@@ -35,13 +35,21 @@ _CHUNK = 1000
 # maxmemory) must come first, or a key could be left without its email.
 #   KEYS[1] <q>:idem:<hash>   KEYS[2] <q>
 #   ARGV[1] record            ARGV[2] lifetime, ms    ARGV[3] task message
+# KEYS: the idempotency key, the email's lane, the wake list. The key is set right after
+# the email lands (scripts are not rolled back): nothing after it can part the two.
 _ENQUEUE_ONCE = """
 local first = redis.call('GET', KEYS[1])
 if first then return first end
 redis.call('LPUSH', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('LPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 return false
 """
+# Idle workers block on the wake list; one token wakes one worker, which then takes until
+# the lanes are empty, so a batch needs only a few.
+WAKE_TOKENS_PER_BATCH = 64
+WAKE_TOKENS_KEPT = 1000
 
 
 def resolve_redis_url(settings: Settings) -> str:
@@ -98,11 +106,14 @@ class Producer:
         """Enqueue one email; returns its id (the `Idempotency-Key` the endpoint will see)."""
         return self.send_many([email])[0]
 
-    def send_many(self, emails: Iterable[Email | Mapping[str, Any]]) -> list[str]:
+    def send_many(self, emails: Iterable[Email | Mapping[str, Any]], *, bulk: bool = False) -> list[str]:
         """Enqueue several emails in one round trip, all or none; returns their ids in order.
 
-        Raises InvalidMessage naming every bad item (by index) before writing anything,
-        and QueueUnavailable (see its `maybe_enqueued`) when Redis fails.
+        Each goes to the interactive lane, or to the bulk lane when `bulk` or its type is
+        one of `EMAILQ_BULK_TYPES` (bulk waits behind one-time codes, and lives for
+        `EMAILQ_BULK_TTL_SECONDS`). Raises InvalidMessage naming every bad item (by index)
+        before writing anything, and QueueUnavailable (see its `maybe_enqueued`) when
+        Redis fails.
         """
         checked: list[Email] = []
         problems: list[str] = []
@@ -113,10 +124,21 @@ class Producer:
                 problems.extend(f"item {index}: {problem}" for problem in error.problems)
         if problems:
             raise InvalidMessage(problems)
-        envelopes = [Envelope.wrap(e, self.settings.message_ttl_seconds) for e in checked]
+        envelopes = [self._wrap(e, bulk) for e in checked]
         ids = [e.id for e in envelopes]
-        self.push([task_message(e, self.settings.queue) for e in envelopes], ids=ids)
+        lanes = [self._lane(e) for e in envelopes]
+        self.push([(lane, task_message(e, lane)) for e, lane in zip(envelopes, lanes)], ids=ids)
         return ids
+
+    def _wrap(self, email: Email, bulk: bool) -> Envelope:
+        settings = self.settings
+        if bulk or settings.is_bulk(email.type):
+            return Envelope.wrap(email, settings.bulk_ttl_seconds, bulk=True)
+        return Envelope.wrap(email, settings.message_ttl_seconds)
+
+    def _lane(self, envelope: Envelope) -> str:
+        keys = Keys(self.settings.queue)
+        return keys.bulk if envelope.bulk else keys.queue
 
     def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
         """Enqueue `email` unless `key` already enqueued one within EMAILQ_MESSAGE_TTL_SECONDS.
@@ -127,16 +149,17 @@ class Producer:
         Redis script: a key never exists without its email, nor an email twice under it.
         """
         checked = self.validate(email)
-        envelope = Envelope.wrap(checked, self.settings.message_ttl_seconds)
+        envelope = self._wrap(checked, False)
         digest = _digest(checked)
-        queue = self.settings.queue
+        keys, lane = Keys(self.settings.queue), self._lane(envelope)
         record = self._write(
             [(
-                "EVAL", _ENQUEUE_ONCE, 2,
-                Keys(queue).idempotency(hashlib.sha256(key.encode()).hexdigest()), queue,
+                "EVAL", _ENQUEUE_ONCE, 3,
+                keys.idempotency(hashlib.sha256(key.encode()).hexdigest()), lane, keys.wake,
                 f"{digest} {envelope.id}",
-                max(1, math.ceil(self.settings.message_ttl_seconds * 1000)),
-                task_message(envelope, queue),
+                max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
+                task_message(envelope, lane),
+                WAKE_TOKENS_KEPT,
             )],
             ids=[envelope.id],
         )
@@ -147,18 +170,23 @@ class Producer:
             raise IdempotencyConflict("this idempotency key was already used for a different email")
         return first_id, False
 
-    def push(self, messages: list[str], *, ids: list[str] | None = None) -> None:
-        """LPUSH ready-made task messages atomically (BRPOP then takes them in order);
-        `ids`, when given, name them in a QueueUnavailable."""
+    def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
+        """LPUSH ready-made task messages, each onto its lane (`(lane, message)` pairs),
+        with wake-up tokens for idle workers, in one MULTI (all or none); `ids`, when
+        given, name them in a QueueUnavailable."""
         if not messages:
             return
-        queue = self.settings.queue
-        if len(messages) <= _CHUNK:
-            self._write([("LPUSH", queue, *messages)], ids=ids)
-            return
-        # LPUSH takes so many arguments at once; MULTI keeps the chunks all or none.
-        chunks = [("LPUSH", queue, *messages[i : i + _CHUNK]) for i in range(0, len(messages), _CHUNK)]
-        replies = self._write([("MULTI",), *chunks, ("EXEC",)], ids=ids)
+        lanes: dict[str, list[str]] = {}
+        for lane, message in messages:
+            lanes.setdefault(lane, []).append(message)
+        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
+        chunks = [
+            ("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)
+        ]
+        wake = Keys(self.settings.queue).wake
+        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
+        commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
+        replies = self._write(commands, ids=ids)
         refused = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
         if refused:
             # Each chunk fails alike (the queue's key holds another type): none landed.
@@ -234,6 +262,7 @@ def send_email(to: str, type: str, payload: dict[str, Any], ip: str | None = Non
     return default_producer().send(data)
 
 
-def send_many(emails: Iterable[Email | Mapping[str, Any]]) -> list[str]:
-    """Enqueue several emails in one round trip, all or none; returns their ids."""
-    return default_producer().send_many(emails)
+def send_many(emails: Iterable[Email | Mapping[str, Any]], *, bulk: bool = False) -> list[str]:
+    """Enqueue several emails in one round trip, all or none; returns their ids. `bulk`:
+    the bulk lane, behind one-time codes (see `Producer.send_many`)."""
+    return default_producer().send_many(emails, bulk=bulk)

@@ -68,13 +68,13 @@ def test_send_prints_the_id_and_queues_the_email(settings_env, redis_client, tmp
 
 def test_send_passes_ip_through(settings_env, redis_client, tmp_path):
     result = run_emailq(
-        ["send", "--to", "foo@logto.io", "--type", "Generic", "--ip", "203.0.113.9"],
+        ["send", "--to", "foo@logto.io", "--type", "SignIn", "--ip", "203.0.113.9"],
         settings_env,
         tmp_path,
     )
     assert result.returncode == 0, result.stderr
     [envelope] = envelopes(redis_client)
-    assert envelope["message"] == {"to": "foo@logto.io", "type": "Generic", "payload": {}, "ip": "203.0.113.9"}
+    assert envelope["message"] == {"to": "foo@logto.io", "type": "SignIn", "payload": {}, "ip": "203.0.113.9"}
 
 
 def test_send_file_queues_every_line_and_prints_every_id(settings_env, redis_client, tmp_path):

@@ -72,12 +72,13 @@ def _require_blmove(settings: Settings) -> None:
 @click.option("--payload", default="{}", show_default=True, help="JSON object, e.g. '{\"code\": \"123456\"}'.")
 @click.option("--ip", help="Client IP to pass through.")
 @click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file, one SendMessageData a line ('-' for stdin).")
-def send(to: str | None, type_: str | None, payload: str, ip: str | None, file_: Path | None) -> None:
+@click.option("--bulk", is_flag=True, help="The bulk lane, behind one-time codes (as EMAILQ_BULK_TYPES are).")
+def send(to: str | None, type_: str | None, payload: str, ip: str | None, file_: Path | None, bulk: bool) -> None:
     """Enqueue one email from flags, or many from a JSONL file; prints the ids."""
     if file_ is not None:
         if to or type_:
             raise click.UsageError("use either --file or --to/--type, not both")
-        _send_file(file_)
+        _send_file(file_, bulk)
         return
     if not to or not type_:
         raise click.UsageError("--to and --type are required (or --file)")
@@ -89,10 +90,10 @@ def send(to: str | None, type_: str | None, payload: str, ip: str | None, file_:
         data["ip"] = ip
     producer = Producer(get_settings())
     producer.validate(data)
-    click.echo(producer.send(data))
+    click.echo(producer.send_many([data], bulk=bulk)[0])
 
 
-def _send_file(path: Path) -> None:
+def _send_file(path: Path, bulk: bool) -> None:
     producer = Producer(get_settings())
     try:
         stream = sys.stdin.buffer if str(path) == "-" else path.open("rb")
@@ -108,7 +109,7 @@ def _send_file(path: Path) -> None:
         if len(problems) > MAX_PROBLEMS_SHOWN:
             click.echo(f"{path}: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more", err=True)
         raise InvalidMessage([f"{path}: {len(problems)} bad line(s); nothing was enqueued"])
-    ids = producer.send_many(emails)
+    ids = producer.send_many(emails, bulk=bulk)
     for message_id in ids:
         click.echo(message_id)
     click.echo(f"enqueued {len(ids)} email(s)", err=True)

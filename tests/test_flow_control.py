@@ -1,0 +1,77 @@
+"""Flow control, at default settings unless a test says otherwise: sign-in codes never
+wait behind bulk, bulk still moves, and a rate limit holds across workers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from conftest import Reply, wait_for
+from helpers import SIGN_IN, assert_one_home
+
+INVITATION = {"to": "team@example.com", "type": "OrganizationInvitation", "payload": {"link": "https://x/i"}}
+
+
+def test_sign_in_codes_pass_20000_bulk_emails(producer, endpoint, start_worker, redis_client, defaults_env):
+    start_worker(env=defaults_env)
+    producer.send_many([INVITATION] * 20000)
+    wait_for(lambda: len(endpoint.received) >= 500, 30, "the bulk send under way")
+
+    waits = []
+    for _ in range(20):
+        sent = time.time()
+        message_id = producer.send(SIGN_IN)
+        wait_for(lambda: message_id in endpoint.delivered_keys(), 10, "the sign-in code")
+        waits.append(time.time() - sent)
+        time.sleep(0.05)
+    print(f"sign-in codes behind 20,000 bulk: max {max(waits):.3f}s, median {sorted(waits)[10]:.3f}s")
+    assert max(waits) < 2
+    assert redis_client.llen("emailq:bulk") > 0, "the bulk send was still queued: the test proved something"
+
+
+def test_bulk_still_moves_while_both_lanes_are_full(producer, endpoint, start_worker, redis_client, defaults_env):
+    interactive = set(producer.send_many([SIGN_IN] * 2000))
+    bulk = set(producer.send_many([SIGN_IN] * 1000, bulk=True))  # marked bulk by the caller
+    start_worker(env=defaults_env)
+    wait_for(lambda: len(endpoint.received) >= 1000, 60, "1,000 deliveries")
+    first = [r.key for r in endpoint.received[:1000]]
+    share = sum(key in bulk for key in first) / len(first)
+    print(f"bulk share of the first 1,000 deliveries with both lanes full: {share:.1%}")
+    assert 0.08 <= share <= 0.2
+    wait_for(lambda: set(endpoint.delivered_keys()) >= interactive | bulk, 60, "everything delivered")
+    assert_one_home(redis_client)
+
+
+def test_a_rate_limit_holds_across_three_workers(producer, endpoint, start_worker, redis_client, defaults_env):
+    limited = {**defaults_env, "EMAILQ_RATE_LIMIT": "50"}
+    for _ in range(3):
+        start_worker(env=limited)
+    ids = producer.send_many([SIGN_IN] * 500)
+    wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "every email delivered", interval=0.2)
+
+    times = sorted(r.at for r in endpoint.received)
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    pace = (len(times) - 1) / (times[-1] - times[0])
+    print(f"rate limit 50/s over 3 workers: busiest 1-s window {busiest}, pace {pace:.1f}/s")
+    assert busiest <= 55
+    assert 45 <= pace <= 55
+    assert Counter(r.key for r in endpoint.received).most_common(1)[0][1] == 1, "no attempt spent waiting"
+    assert_one_home(redis_client)
+
+
+def test_a_429_slows_the_whole_cluster_when_a_limit_is_set(producer, endpoint, start_worker, redis_client, defaults_env):
+    answered = []
+
+    def busy_at_first(headers: dict[str, str], body: bytes) -> Reply:
+        answered.append(time.time())
+        return Reply(429) if len(answered) == 20 else Reply(200)
+
+    endpoint.behave = busy_at_first
+    start_worker(env={**defaults_env, "EMAILQ_RATE_LIMIT": "40"})
+    producer.send_many([SIGN_IN] * 200)
+    wait_for(lambda: len(answered) >= 150, 60, "deliveries after the 429")
+    after = [t for t in answered[20:150]]
+    pace = (len(after) - 1) / (after[-1] - after[0])
+    print(f"pace after a 429 with a 40/s limit: {pace:.1f}/s")
+    assert pace <= 40 / 2 * 1.15
+    assert redis_client.exists("emailq:rate:slowdown")
