@@ -9,6 +9,7 @@ shares a Redis database with other apps without reading or moving their keys.
     <q>:wake                 list    tokens pushed with each email; idle workers block on it
     <q>:rate                 string  the rate limit's next free slot (ms, Redis's clock)
     <q>:rate:slowdown        string  a factor on the rate limit's interval after a 429
+    <q>:rate:sleep           list    never written: workers wait for a slot on it
     <q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
     <q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
     <q>:owners               set     owners that may hold an in-flight list
@@ -48,6 +49,10 @@ class Keys:
     @property
     def rate_slowdown(self) -> str:
         return f"{self.queue}:rate:slowdown"
+
+    @property
+    def rate_sleep(self) -> str:
+        return f"{self.queue}:rate:sleep"
 
     @property
     def owners(self) -> str:

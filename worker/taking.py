@@ -11,14 +11,13 @@ schedule push with each email; a take that finds both lanes empty clears the tok
 The rate limit (`EMAILQ_RATE_LIMIT`, deliveries per second across every worker on the
 Redis) is a GCRA on Redis's clock, in the same script: a take either gets its slot and
 its email together or gets neither and learns how long to wait. Waiting for a slot holds
-no thread and spends no attempt; the consumer just does not pop meanwhile. A 429 from
+no thread and spends no attempt: the consumer's connection sleeps in Redis (a blocking
+pop on `<q>:rate:sleep`, which nothing writes) until the slot. A 429 from
 the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
 `SLOWDOWN_SECONDS`).
 """
 
 from __future__ import annotations
-
-import time
 
 import redis
 
@@ -26,8 +25,9 @@ from emailq.keys import Keys
 
 SLOWDOWN_FACTOR = 2
 SLOWDOWN_SECONDS = 30
-# Burst allowance: at most a tenth of a second's worth of the rate at once.
-BURST_SHARE = 0.1
+# Burst allowance, as a share of one second's worth of the rate: under a tenth, so that
+# no one-second window sees more than 110% of the rate even with the network's jitter.
+BURST_SHARE = 0.08
 
 TAKEN, WAIT, EMPTY = 1, 0, 2
 
@@ -71,6 +71,7 @@ class Taker:
         self.lanes = (keys.queue, keys.bulk)
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
+        self.sleep_key = keys.rate_sleep
         self._rate, self._slowdown = keys.rate, keys.rate_slowdown
         self.interval_ms = 1000.0 / rate_limit if rate_limit else 0.0
         self.burst_ms = BURST_SHARE * 1000.0 if rate_limit else 0.0
@@ -90,16 +91,3 @@ class Taker:
 def slow_down(client: redis.Redis, queue: str) -> None:
     """The endpoint answered 429 while a rate limit is set: slow every worker down."""
     client.set(Keys(queue).rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
-
-
-class Pause:
-    """Until when the consumer must not take (rate limit), on this process's clock."""
-
-    def __init__(self) -> None:
-        self._until = 0.0
-
-    def wait(self, ms: float) -> None:
-        self._until = time.monotonic() + ms / 1000
-
-    def over(self) -> bool:
-        return time.monotonic() >= self._until

@@ -32,7 +32,7 @@ from kombu.utils.encoding import bytes_to_str
 from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.in_flight import OWNER, Taken
-from emailq.worker.taking import EMPTY, TAKE, WAIT, Pause, Taker
+from emailq.worker.taking import EMPTY, TAKE, WAIT, Taker
 
 log = logging.getLogger("emailq.worker")
 
@@ -64,14 +64,13 @@ class RoomWatch:
 
 
 ROOM = RoomWatch()
-RATE = Pause()
 
 
 class QoS(kombu_redis.QoS):
     restore_at_shutdown = False
 
     def can_consume(self) -> bool:
-        return super().can_consume() and ROOM.may_take() and RATE.over() and runtime.get().breaker.may_take()
+        return super().can_consume() and ROOM.may_take() and runtime.get().breaker.may_take()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         lane, inflight_key, item = self.channel._popped
@@ -113,6 +112,7 @@ class Channel(kombu_redis.Channel):
         # What the command in flight on the polling connection is: a take (the script)
         # or, once a take found nothing, a blocking wait for a wake-up token.
         self._command = "take"
+        self._sleep_seconds = 0.0
         self._take_sha = self.client.script_load(TAKE)
 
     def _taker(self, queue: str) -> Taker:
@@ -148,6 +148,10 @@ class Channel(kombu_redis.Channel):
         if self._command == "take":
             keys, argv = taker.args()
             self.client.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *argv)
+        elif self._command == "sleep":
+            # Waiting for the rate limit's next slot: a blocking pop on a list nobody
+            # writes is a sleep in Redis, exact to the millisecond, holding no thread.
+            self.client.connection.send_command("BLPOP", taker.sleep_key, f"{self._sleep_seconds:.3f}")
         else:
             self.client.connection.send_command("BLPOP", taker.wake, timeout or 0)
 
@@ -174,7 +178,7 @@ class Channel(kombu_redis.Channel):
                 self._command = "wait"
                 raise Empty()
             if reply[0] == WAIT:
-                RATE.wait(float(reply[1]))
+                self._command, self._sleep_seconds = "sleep", max(0.001, float(reply[1]) / 1000)
                 raise Empty()
             lane, item = bytes_to_str(reply[1]), reply[2]
             queue = self._brpop_queue
