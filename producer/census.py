@@ -8,7 +8,9 @@ worker will give back (an orphan: its owner is not registered, so no sweep looks
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +21,8 @@ from emailq.keys import Keys
 
 @dataclass(frozen=True)
 class Census:
-    queued: int
+    queued: int  # both lanes
+    queued_bulk: int
     in_flight: int
     scheduled: int
     dead_lettered: int
@@ -52,11 +55,24 @@ def count(client: redis.Redis, queue: str) -> Census:
     keys = Keys(queue)
     owners = sorted(o.decode() for o in client.smembers(keys.owners))
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(queue).zcard(keys.schedule).zcard(keys.dlq_index)
+        pipe.llen(queue).llen(keys.bulk).zcard(keys.schedule).zcard(keys.dlq_index)
         for owner in owners:
             pipe.llen(keys.inflight(owner))
-        queued, scheduled, dead, *held = pipe.execute()
-    return Census(queued, sum(held), scheduled, dead, len(owners))
+        queued, bulk, scheduled, dead, *held = pipe.execute()
+    return Census(queued + bulk, bulk, sum(held), scheduled, dead, len(owners))
+
+
+def oldest_age(client: redis.Redis, lane: str) -> float:
+    """Seconds since the oldest email on `lane` (the next taken) was created; 0 if empty."""
+    item = client.lindex(lane, -1)
+    if item is None:
+        return 0.0
+    try:
+        body = json.loads(base64.b64decode(json.loads(item)["body"]))
+        created = float(body[0][0]["created_at"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return 0.0
+    return max(0.0, time.time() - created)
 
 
 def audit(client: redis.Redis, queue: str) -> Audit:
@@ -67,19 +83,21 @@ def audit(client: redis.Redis, queue: str) -> Audit:
     with client.pipeline(transaction=True) as pipe:
         pipe.smembers(keys.owners)
         pipe.lrange(queue, 0, -1)
+        pipe.lrange(keys.bulk, 0, -1)
         pipe.zrange(keys.schedule, 0, -1)
         pipe.zrange(keys.dlq_index, 0, -1)
         for key in lists:
             pipe.lrange(key, 0, -1)
-        owners_raw, queued, scheduled, dead, *held = pipe.execute()
+        owners_raw, queued, bulk, scheduled, dead, *held = pipe.execute()
         for key in lists:
             pipe.exists(keys.alive(key.removeprefix(prefix)))
         alive = pipe.execute()
     owners = {o.decode() for o in owners_raw}
 
     found: dict[str, list[str]] = defaultdict(list)
-    result = Audit(Census(len(queued), sum(map(len, held)), len(scheduled), len(dead), len(owners)))
-    for place, items in [("queue", queued), ("schedule", scheduled), *zip(lists, held)]:
+    census = Census(len(queued) + len(bulk), len(bulk), sum(map(len, held)), len(scheduled), len(dead), len(owners))
+    result = Audit(census)
+    for place, items in [("queue", queued), ("bulk", bulk), ("schedule", scheduled), *zip(lists, held)]:
         for item in items:
             message_id = _message_id(item)
             if message_id is None:

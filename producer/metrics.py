@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from emailq import census
+from emailq.keys import Keys
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 
@@ -56,7 +57,20 @@ class DepthCollector(Collector):
             now = census.count(self._redis, self._queue)
         except redis.RedisError:
             return  # Redis down: no depth rather than a wrong one
-        yield GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue.", value=now.queued)
+        depth = GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue, by lane.", labels=["lane"])
+        depth.add_metric(["interactive"], now.queued - now.queued_bulk)
+        depth.add_metric(["bulk"], now.queued_bulk)
+        yield depth
+        oldest = GaugeMetricFamily(
+            "emailq_queue_oldest_seconds", "Age of the oldest email waiting, by lane.", labels=["lane"]
+        )
+        keys = Keys(self._queue)
+        try:
+            oldest.add_metric(["interactive"], census.oldest_age(self._redis, keys.queue))
+            oldest.add_metric(["bulk"], census.oldest_age(self._redis, keys.bulk))
+        except redis.RedisError:
+            return
+        yield oldest
         yield GaugeMetricFamily("emailq_in_flight", "Emails taken by workers, not yet settled.", value=now.in_flight)
         yield GaugeMetricFamily("emailq_scheduled", "Emails waiting in the retry schedule.", value=now.scheduled)
         yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)

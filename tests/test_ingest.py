@@ -246,7 +246,7 @@ def test_metrics_and_openapi(ingest):
     text = httpx.get(ingest.url + "/metrics").text
     assert 'emailq_enqueued_total{source="ingest"} 1.0' in text
     assert 'emailq_ingest_rejected_total{status="400"} 1.0' in text
-    assert "emailq_queue_depth 1.0" in text
+    assert 'emailq_queue_depth{lane="interactive"} 1.0' in text
 
     spec = httpx.get(ingest.url + "/openapi.json").json()
     schema = spec["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]

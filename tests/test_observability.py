@@ -38,7 +38,7 @@ def test_worker_metrics_count_deliveries_retries_and_dead_letters(producer, endp
     assert 'emailq_dead_lettered_total{reason="rejected"} 1.0' in text
     assert "emailq_delivery_seconds_count 2.0" in text
     assert "emailq_dlq_depth 1.0" in text
-    assert "emailq_queue_depth 0.0" in text
+    assert 'emailq_queue_depth{lane="interactive"} 0.0' in text and 'emailq_queue_oldest_seconds{lane="bulk"} 0.0' in text
 
 
 def test_json_logs_carry_the_message_id_and_no_secret(producer, endpoint, start_worker):

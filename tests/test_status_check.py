@@ -4,6 +4,7 @@ give back; and a worker takes over what the previous release's layout left."""
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import run_emailq, wait_for
 from helpers import SIGN_IN, assert_one_home
@@ -42,11 +43,12 @@ def test_a_worker_takes_over_what_the_old_layout_left(producer, endpoint, start_
     redis_client.hset("unacked", "tag-1", json.dumps([message, "", "emailq"]))
     redis_client.zadd("unacked_index", {"tag-1": 1})
     redis_client.hset("unacked", "other-app", json.dumps([{"body": "x"}, "", "celery"]))
+    failed = time.time() - 60  # within the DLQ's retention
     old_entry = {"id": "old-dead", "reason": "rejected", "detail": "HTTP 400", "status": 400,
-                 "response_excerpt": "", "attempts": 1, "first_attempt_at": 1.0, "last_attempt_at": 1.0,
-                 "failed_at": 1.0, "envelope": None, "raw": "{}"}
+                 "response_excerpt": "", "attempts": 1, "first_attempt_at": failed, "last_attempt_at": failed,
+                 "failed_at": failed, "envelope": None, "raw": "{}"}
     redis_client.hset(KEYS.dlq, "old-dead", json.dumps(old_entry))
-    redis_client.zadd(KEYS.dlq_index, {"old-dead": 1.0})
+    redis_client.zadd(KEYS.dlq_index, {"old-dead": failed})
 
     start_worker(env=defaults_env)
     wait_for(lambda: {in_inbox, in_unacked} <= set(endpoint.delivered_keys()), 60, "both old in-flight emails delivered")

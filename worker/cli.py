@@ -136,7 +136,7 @@ def status(as_json: bool, check: bool) -> None:
         click.echo(json.dumps(report))
         return
     click.echo(
-        f"queue {report['queue']}: {report['queued']} queued, {report['in_flight']} in flight, "
+        f"queue {report['queue']}: {report['queued']} queued ({report['queued_bulk']} bulk), {report['in_flight']} in flight, "
         f"{report['scheduled']} scheduled for retry"
     )
     click.echo(f"dead-letter queue: {report['dead_lettered']}")
