@@ -28,6 +28,7 @@ import yaml
 
 from conftest import EMAILQ, free_port, wait_for
 from emailq.embedded_redis import redis_server_binary
+from emailq.keys import Keys
 from emailq.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,13 +285,13 @@ def test_kubernetes_settings_are_valid() -> None:
     settings(k8s_env())  # raises, naming the field, if a value is out of range or inconsistent
 
 
-def test_keda_scales_the_worker_on_the_queue_list() -> None:
+def test_keda_scales_the_worker_on_both_lanes() -> None:
     scaled = k8s_one("ScaledObject")["spec"]
-    (trigger,) = scaled["triggers"]
-    assert trigger["type"] == "redis"
-    queue = Settings.model_fields["queue"].default
-    assert trigger["metadata"]["listName"] == queue == k8s_one("ConfigMap")["data"].get("EMAILQ_QUEUE", queue)
-    assert int(trigger["metadata"]["listLength"]) > 0
+    assert all(trigger["type"] == "redis" for trigger in scaled["triggers"])
+    queue = k8s_one("ConfigMap")["data"].get("EMAILQ_QUEUE", Settings.model_fields["queue"].default)
+    keys = Keys(queue)
+    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [keys.queue, keys.bulk]
+    assert all(int(t["metadata"]["listLength"]) > 0 for t in scaled["triggers"])
     assert scaled["minReplicaCount"] >= 1  # only a running worker restores a dead one's emails
     target = [d for d in k8s("Deployment") if d["metadata"]["name"] == scaled["scaleTargetRef"]["name"]]
     assert target and target[0]["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
@@ -299,8 +300,9 @@ def test_keda_scales_the_worker_on_the_queue_list() -> None:
 
 def test_keda_reaches_the_same_redis_as_the_workers() -> None:
     auth = k8s_one("TriggerAuthentication")
-    trigger = k8s_one("ScaledObject")["spec"]["triggers"][0]
-    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    triggers = k8s_one("ScaledObject")["spec"]["triggers"]
+    assert all(t["authenticationRef"]["name"] == auth["metadata"]["name"] for t in triggers)
+    trigger = triggers[0]
     secret = k8s_one("Secret")
     refs = auth["spec"]["secretTargetRef"]
     assert all(ref["name"] == secret["metadata"]["name"] for ref in refs)
