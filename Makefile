@@ -17,6 +17,7 @@ dev: install
 	$(VENV)/bin/emailq dev
 
 test: install
+	$(VENV)/bin/ruff check producer worker tests benchmarks
 	$(PY) -m pytest
 
 bench: install

@@ -11,10 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pytest
 from conftest import EMAILQ, run_emailq
 from emailq.message import Email, Envelope
 from emailq.worker import dead_letters as dl
 from emailq.worker.dead_letters import DeadLetter, DeadLetters
+
+pytestmark = pytest.mark.slow
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "918273", "locale": "en"}}
 MAX_RSS_MB = 150

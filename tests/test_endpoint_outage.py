@@ -9,6 +9,8 @@ import pytest
 from conftest import Reply, wait_for
 from helpers import assert_one_home
 
+pytestmark = pytest.mark.slow
+
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 OUTAGE_SECONDS = 20

@@ -9,7 +9,10 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 from conftest import Reply, wait_for
+
+pytestmark = pytest.mark.slow
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "90"))
 RATE = 100  # emails per second

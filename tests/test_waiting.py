@@ -16,6 +16,8 @@ from helpers import assert_one_home
 from emailq import census
 from emailq.worker.dead_letters import DeadLetters
 
+pytestmark = pytest.mark.slow
+
 HEALTHY = 2000
 FAILING = 128
 

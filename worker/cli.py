@@ -222,7 +222,8 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 @cli.command()
 @click.option("--ingest-port", default=8025, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--flower-port", default=5555, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535), help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
+@click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535),
+              help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
 def dev(ingest_port: int, flower_port: int, endpoint_port: int) -> None:
     """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""
     from emailq.worker import dev as dev_mode

@@ -158,7 +158,7 @@ class InFlight:
     def finish_unfinished(self) -> None:
         with self._lock:
             todo, self._unfinished = self._unfinished, []
-        for index, (what, taken, step) in enumerate(todo):
+        for index, (_what, taken, step) in enumerate(todo):
             try:
                 step(taken)
             except redis.RedisError:
