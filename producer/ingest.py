@@ -140,6 +140,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         if not enqueued:
             return JSONResponse({"id": message_id}, status_code=202, headers={"Idempotent-Replayed": "true"})
         metrics.ENQUEUED.labels("ingest").inc()
+        log.info("enqueued %s", message_id)
         return JSONResponse({"id": message_id}, status_code=202)
 
     @app.get("/healthz", summary="Liveness")

@@ -13,6 +13,8 @@ import psutil
 
 from conftest import EMAILQ, free_port, wait_for
 
+from emailq import embedded_redis
+
 SIGN_IN = {"to": "you@example.com", "type": "SignIn", "payload": {"code": "123456"}}
 
 
@@ -47,12 +49,20 @@ def test_dev_delivers_a_first_email_and_stops_on_ctrl_c(data_dir: Path, tmp_path
         message_id = answer.json()["id"]
         wait_for(lambda: f"[endpoint] email {message_id}: to=you@example.com type=SignIn" in log.read_text(),
                  60, "the printing endpoint to show the email")
+        wait_for(lambda: f"[worker]   delivered {message_id}" in log.read_text(), 10, "one line for the delivery")
+        shown = log.read_text()
+        assert f"[ingest]   enqueued {message_id}" in shown
+        # Each part's whole log in a file; the terminal keeps one line per email.
+        assert "celery@" not in shown and "celery@" in (data_dir / "logs" / "worker.log").read_text()
 
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 3  # the worker, the ingest and Flower
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert process.wait(40) == 0, log.read_text()
         assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+        # It started the embedded Redis, so it stopped it too.
+        assert embedded_redis.running(data_dir) is None
+        assert "stopped the embedded Redis" in log.read_text()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -177,6 +178,18 @@ def serve(host: str, port: int) -> None:
         from emailq.ingest import create_app
     except ImportError:
         raise ConfigError("'emailq serve' needs the ops extra: pip install 'emailq[ops]'") from None
+    # The ingest's own lines (one per email enqueued), beside uvicorn's.
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        from emailq.worker.observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ingest_log = logging.getLogger("emailq.ingest")
+    ingest_log.addHandler(handler)
+    ingest_log.setLevel(logging.INFO)
+    ingest_log.propagate = False
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -224,11 +237,12 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 @click.option("--flower-port", default=5555, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535),
               help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
-def dev(ingest_port: int, flower_port: int, endpoint_port: int) -> None:
+@click.option("--verbose", is_flag=True, help="Show every part's whole log here, not one line per email.")
+def dev(ingest_port: int, flower_port: int, endpoint_port: int, verbose: bool) -> None:
     """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""
     from emailq.worker import dev as dev_mode
 
-    sys.exit(dev_mode.run(get_settings(), ingest_port, flower_port, endpoint_port))
+    sys.exit(dev_mode.run(get_settings(), ingest_port, flower_port, endpoint_port, verbose))
 
 
 def main(argv: list[str] | None = None) -> None:

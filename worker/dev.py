@@ -3,18 +3,26 @@
 The embedded Redis, one worker, the ingest and Flower, each an ordinary `emailq` process
 (so what runs here is what runs in production), and, when `EMAILQ_ENDPOINT_URL` is unset,
 a local endpoint that prints each email it receives. Everything listens on loopback.
+
+The terminal shows where each part listens and one line per email (enqueued, retried,
+delivered, dead-lettered); each part's whole log goes to `<data dir>/logs/<part>.log`
+(`--verbose` shows them all instead). Ctrl-C stops every part, and the embedded Redis
+too when this command started it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import click
 
@@ -22,6 +30,17 @@ from emailq import embedded_redis
 from emailq.settings import Settings
 
 HOST = "127.0.0.1"
+
+# The log lines worth one terminal line each, by part: (pattern, how to show it).
+_EVENTS = {
+    "ingest": [(re.compile(r"enqueued (\S+)"), "[ingest]   enqueued {0}")],
+    "worker": [
+        (re.compile(r"delivered (\S+) in (\d+) attempt"), "[worker]   delivered {0} (attempt {1})"),
+        (re.compile(r"attempt (\d+) of (\S+) failed \((.*)\): retrying in (\S+)"), "[worker]   {1}: attempt {0} failed ({2}), retrying in {3}"),
+        (re.compile(r"dead-lettered (\S+): (.*)"), "[worker]   dead-lettered {0}: {1}"),
+        (re.compile(r"(endpoint looks down.*|endpoint answered again.*|Redis is full.*|Redis has room again.*)"), "[worker]   {0}"),
+    ],
+}
 
 
 class _PrintingEndpoint(BaseHTTPRequestHandler):
@@ -45,9 +64,10 @@ class _PrintingEndpoint(BaseHTTPRequestHandler):
         pass
 
 
-def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: int) -> int:
-    redis_note = "EMAILQ_REDIS_URL"
+def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: int, verbose: bool = False) -> int:
+    redis_note, started_redis = "EMAILQ_REDIS_URL", False
     if settings.redis_url is None:
+        started_redis = embedded_redis.running(settings.data_dir) is None
         embedded_redis.ensure_running(settings.data_dir)
         redis_note = f"embedded, data in {settings.data_dir}"
     env = dict(os.environ)
@@ -62,26 +82,26 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
         "ingest": [*emailq, "serve", "--host", HOST, "--port", str(ingest_port)],
         "flower": [*emailq, "flower", "--address", HOST, "--port", str(flower_port)],
     }
-    # Each in its own session: Ctrl-C reaches only this process, which then stops each
-    # child once, in order, rather than every process catching the signal at once.
-    running = {name: subprocess.Popen(argv, env=env, start_new_session=True) for name, argv in processes.items()}
-    auth = f" -H 'Authorization: {'<EMAILQ_INGEST_AUTHORIZATION>'}'" if settings.ingest_authorization else ""
-    click.secho("\nemailq dev is running (Ctrl-C stops everything):", bold=True)
-    click.echo(f"  redis     {redis_note}")
-    click.echo(f"  endpoint  {env['EMAILQ_ENDPOINT_URL']}" + ("  (prints each email)" if endpoint else ""))
-    click.echo(f"  ingest    http://{HOST}:{ingest_port}/   (API docs: /docs, metrics: /metrics)")
-    click.echo(f"  flower    http://{HOST}:{flower_port}/")
-    click.echo("\nSend a first email:")
-    click.echo("  emailq send --to you@example.com --type SignIn --payload '{\"code\": \"123456\"}'")
-    click.echo(
-        f"  curl -X POST http://{HOST}:{ingest_port}/ -H 'Content-Type: application/json'{auth} "
-        "-d '{\"to\": \"you@example.com\", \"type\": \"SignIn\", \"payload\": {\"code\": \"123456\"}}'\n"
-    )
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running = {}
+    for name, argv in processes.items():
+        out = None if verbose else (logs / f"{name}.log").open("wb")
+        # Each in its own session: Ctrl-C reaches only this process, which then stops each
+        # child once, in order, rather than every process catching the signal at once.
+        running[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                         start_new_session=True)
+    if not verbose:
+        for name in _EVENTS:
+            threading.Thread(target=_follow, args=(logs / f"{name}.log", _EVENTS[name]), daemon=True).start()
+    _banner(settings, redis_note, env["EMAILQ_ENDPOINT_URL"], endpoint is not None, ingest_port, flower_port,
+            None if verbose else logs)
     try:
         while True:
             for name, process in running.items():
                 if process.poll() is not None:
-                    click.secho(f"emailq dev: the {name} exited ({process.returncode}); stopping", fg="red", err=True)
+                    where = "" if verbose else f" (see {logs / name}.log)"
+                    click.secho(f"emailq dev: the {name} exited ({process.returncode}){where}; stopping", fg="red", err=True)
                     return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -91,9 +111,50 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
         _stop(running.values())
         if endpoint is not None:
             endpoint.shutdown()
+        if started_redis:
+            embedded_redis.stop(settings.data_dir)
+            click.echo("stopped the embedded Redis (its data stays in the data directory)", err=True)
+        elif settings.redis_url is None:
+            click.echo(f"the embedded Redis keeps running (it was running before); stop it with: "
+                       f"redis-cli -u {embedded_redis.running(settings.data_dir)} shutdown", err=True)
 
 
-def _stop(processes) -> None:
+def _banner(settings: Settings, redis_note: str, endpoint_url: str, printing: bool, ingest_port: int,
+            flower_port: int, logs: Path | None) -> None:
+    auth = " -H 'Authorization: <EMAILQ_INGEST_AUTHORIZATION>'" if settings.ingest_authorization else ""
+    click.secho("\nemailq dev is running (Ctrl-C stops everything):", bold=True)
+    click.echo(f"  redis     {redis_note}")
+    click.echo(f"  endpoint  {endpoint_url}" + ("  (prints each email)" if printing else ""))
+    click.echo(f"  ingest    http://{HOST}:{ingest_port}/   (API docs: /docs, metrics: /metrics)")
+    click.echo(f"  flower    http://{HOST}:{flower_port}/")
+    if logs is not None:
+        click.echo(f"  logs      {logs}/   (--verbose shows them here)")
+    click.echo("\nSend a first email:")
+    click.echo("  emailq send --to you@example.com --type SignIn --payload '{\"code\": \"123456\"}'")
+    click.echo(
+        f"  curl -X POST http://{HOST}:{ingest_port}/ -H 'Content-Type: application/json'{auth} "
+        "-d '{\"to\": \"you@example.com\", \"type\": \"SignIn\", \"payload\": {\"code\": \"123456\"}}'\n"
+    )
+
+
+def _follow(path: Path, events: list[tuple[re.Pattern[str], str]]) -> None:
+    """Print one line per event found in a growing log file (from its current end)."""
+    with path.open("r", errors="replace") as log:
+        log.seek(0, os.SEEK_END)
+        while True:
+            line = log.readline()
+            if not line:
+                time.sleep(0.1)
+                continue
+            for pattern, show in events:
+                found = pattern.search(line)
+                if found:
+                    click.echo(show.format(*found.groups()))
+                    break
+
+
+def _stop(processes: Iterable[subprocess.Popen]) -> None:
+    processes = list(processes)
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
