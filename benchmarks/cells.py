@@ -157,8 +157,8 @@ class Emailq(Cell):
         env = emailq_env(redis_server, db, queue, workdir, EMAILQ_ENDPOINT_URL=endpoint.url,
                          **(extra_env or {}))
         self.producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=queue))
-        # `patched`: benchmarks.emailq_patched, for experiments that no setting can make.
-        command = [PYTHON, "-m", "benchmarks.emailq_patched"] if patched else [str(BIN / "emailq")]
+        # `patched`: benchmarks.experiments.emailq_patched, for experiments that no setting can make.
+        command = [PYTHON, "-m", "benchmarks.experiments.emailq_patched"] if patched else [str(BIN / "emailq")]
         self.proc = Proc(self.key, [*command, "worker", *extra_args], clean_env(**env), workdir)
 
     def prepare(self, bids: list[str]) -> list[Any]:

@@ -1,6 +1,6 @@
 """Run the benchmark suite and print its Markdown table.
 
-    .venv/bin/python -m benchmarks          # or: python benchmarks/run.py
+    .venv/bin/python -m benchmarks          # or: make bench
     .venv/bin/python -m benchmarks --quick  # one rep, fewer messages: a smoke test
 
 Every contender's worker runs at once (each idle but the one measured), each on its own
@@ -23,13 +23,10 @@ from pathlib import Path
 
 import psutil
 
-if not __package__:  # `python benchmarks/run.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import cells as c  # noqa: E402
-from benchmarks import enqueue_cost, report  # noqa: E402
-from benchmarks.endpoint import fails_forever  # noqa: E402
-from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile  # noqa: E402
+from benchmarks import cells as c
+from benchmarks import enqueue_cost, report
+from benchmarks.endpoint import fails_forever
+from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LATENCIES_MS = (0, 50, 250)

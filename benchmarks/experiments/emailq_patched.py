@@ -1,4 +1,4 @@
-"""`emailq worker` with changes that no setting or flag can make: for `benchmarks.tune`
+"""`emailq worker` with changes that no setting or flag can make: for `benchmarks.experiments.tune`
 only, to price a proposed code change to worker/ before anyone makes it. Nothing in
 worker/ is edited; this module adjusts it at start-up.
 
@@ -12,7 +12,7 @@ worker/ is edited; this module adjusts it at start-up.
   POST; the task's thread waits for its result). The
   retry policy, circuit breaker and outcome logic stay emailq's own.
 
-    python -m benchmarks.emailq_patched worker [emailq worker flags]
+    python -m benchmarks.experiments.emailq_patched worker [emailq worker flags]
 """
 
 from __future__ import annotations

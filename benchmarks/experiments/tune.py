@@ -1,10 +1,10 @@
 """How close emailq's worker gets to its targets with settings alone, and what code changes
 would buy: variants of `emailq worker` and of Celery's floor, side by side in one run.
 
-    .venv/bin/python -m benchmarks.tune            # writes benchmarks/results/tune.{json,md}
-    .venv/bin/python -m benchmarks.tune --quick
+    .venv/bin/python -m benchmarks.experiments.tune            # writes benchmarks/results/tune.{json,md}
+    .venv/bin/python -m benchmarks.experiments.tune --quick
 
-Variants marked "experiment" are not settings: they run `benchmarks.emailq_patched` (or the
+Variants marked "experiment" are not settings: they run `benchmarks.experiments.emailq_patched` (or the
 floor with Celery settings emailq does not expose) to price a proposed change to worker/.
 × naive uses the naive rates of benchmarks/results/latest.json (the last full run).
 """
@@ -37,7 +37,7 @@ class Variant(NamedTuple):
     kind: str  # "emailq" or "floor"
     env: dict
     args: list
-    experiment: bool = False  # needs a code change (runs benchmarks.emailq_patched)
+    experiment: bool = False  # needs a code change (runs benchmarks.experiments.emailq_patched)
     floor: str = "floor-threads"  # the floor with the same Celery setup
 
 
@@ -104,7 +104,7 @@ def markdown(data: dict) -> str:
         "floor with the same Celery settings as the variant (e.g. events off, -l WARNING); "
         "both the median of per-rep ratios.",
         "- × naive: against the naive rate of the last full run (benchmarks/results/latest.json).",
-        "- (experiment): not a setting; `benchmarks.emailq_patched` prices a code change.",
+        "- (experiment): not a setting; `benchmarks.experiments.emailq_patched` prices a code change.",
         "",
         "| variant | 0 ms /s | % of floor | % of own floor | 50 ms /s | % of floor | % of own floor "
         "| × naive @50 ms | peak RSS MB | CPU µs/msg 0 ms | CPU µs/msg 50 ms |",
@@ -167,5 +167,5 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if not __package__:
-        sys.exit("run as: python -m benchmarks.tune")
+        sys.exit("run as: python -m benchmarks.experiments.tune")
     main()
