@@ -2,8 +2,11 @@
 
 The outcome of an attempt is decided here and only here: delivered; retried after a wait
 (the retry policy's answer); or a reason for the dead-letter queue (`rejected`,
-`exhausted`, `expired`) with the status and an excerpt of what the endpoint said. Nothing
-here waits: the wait before a retry is spent in the Redis schedule.
+`exhausted`, `expired`, or `error` when the HTTP client itself failed) with the status and
+an excerpt of what the endpoint said. Nothing here waits: the wait before a retry is spent
+in the Redis schedule. The POST itself goes through an injected `HttpClient`
+(`emailq.worker.http_client`), whose errors (`emailq.worker.errors`) are turned into
+outcomes here.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from typing import Any
 
 import httpx
 
+from emailq.errors import ConfigError
 from emailq.message import Envelope
 from emailq.settings import Settings
-from emailq.worker.http_transport import CurlTransport
-from emailq.worker.retry_policy import RetryableStatus, RetryPolicy, is_retryable_status
+from emailq.worker.curl_client import CurlClient
+from emailq.worker.errors import HttpClientError, RejectedStatus, RetryableStatus
+from emailq.worker.http_client import HttpClient
+from emailq.worker.httpx_client import HttpxClient
+from emailq.worker.retry_policy import RetryPolicy, is_retryable_status
 from emailq.worker.signing import decode_secrets, signature_headers
 
 EXCERPT_CHARS = 300
@@ -46,19 +53,28 @@ class Outcome:
         return self.attempt is not None
 
 
-class _Rejected(Exception):
-    """A status that retrying will not change (a 3xx or a 4xx other than 408/425/429)."""
+# benchmarks/emailq_patched.py raises this name from its own `_post`.
+_Rejected = RejectedStatus
 
-    def __init__(self, status: int, excerpt: str):
-        self.status = status
-        self.excerpt = excerpt
+
+def build_client(settings: Settings) -> HttpClient:
+    """The HTTP client `EMAILQ_HTTP_CLIENT` names: `curl` (libcurl, the default) or `httpx`."""
+    # getattr: the setting may not be on Settings yet; until it is, libcurl.
+    name = getattr(settings, "http_client", "curl")
+    if name == "curl":
+        return CurlClient(settings.max_response_bytes)
+    if name == "httpx":
+        return HttpxClient(settings.max_response_bytes, pool_size=settings.concurrency)
+    raise ConfigError(f"EMAILQ_HTTP_CLIENT: must be curl or httpx, not {name!r}")
 
 
 class Deliverer:
-    """POSTs emails to `EMAILQ_ENDPOINT_URL` with keep-alive connections; one per worker
-    process, shared by its threads."""
+    """POSTs emails to `EMAILQ_ENDPOINT_URL` through `client` (by default the one
+    `EMAILQ_HTTP_CLIENT` names), with keep-alive connections; one per worker process,
+    shared by its threads. `deliver` never raises for anything the endpoint or the
+    network does: every such failure comes back as an `Outcome`."""
 
-    def __init__(self, settings: Settings, transport: CurlTransport | None = None):
+    def __init__(self, settings: Settings, client: HttpClient | None = None):
         if settings.endpoint_url is None:
             raise ValueError("EMAILQ_ENDPOINT_URL is required to deliver")
         self.settings = settings
@@ -69,7 +85,7 @@ class Deliverer:
             if settings.signing_secret
             else []
         )
-        self._transport = transport or CurlTransport(settings.max_response_bytes)
+        self._client = client if client is not None else build_client(settings)
         self._headers = ["Content-Type: application/json", f"User-Agent: {USER_AGENT}"]
         if settings.endpoint_authorization is not None:
             self._headers.append(f"Authorization: {settings.endpoint_authorization.get_secret_value()}")
@@ -82,13 +98,17 @@ class Deliverer:
         started = time.time()
         try:
             status = self._post(envelope.id, body)
-        except _Rejected as error:
+        except RejectedStatus as error:
             return Outcome(
                 reason="rejected", status=error.status, excerpt=error.excerpt, error=f"HTTP {error.status}",
                 attempt={"at": started, "status": error.status},
             )
         except (RetryableStatus, httpx.TransportError) as error:
             return self._failed(envelope, started, error)
+        except HttpClientError as error:
+            # The client's own failure says nothing about the endpoint: no attempt is
+            # recorded, so the circuit breaker neither counts it nor closes on it.
+            return Outcome(reason="error", error=_describe(error))
         return Outcome(delivered=True, status=status, attempt={"at": started, "status": status})
 
     def _failed(self, envelope: Envelope, started: float, error: RetryableStatus | httpx.TransportError) -> Outcome:
@@ -110,14 +130,14 @@ class Deliverer:
         )
 
     def close(self) -> None:
-        self._transport.close()
+        self._client.close()
 
     def _post(self, message_id: str, body: bytes) -> int:
         headers = [*self._headers, f"Idempotency-Key: {message_id}"]
         if self._keys:
             signed = signature_headers(self._keys, message_id, int(time.time()), body)
             headers.extend(f"{name}: {value}" for name, value in signed.items())
-        answer = self._transport.post(
+        answer = self._client.post(
             self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout
         )
         if 200 <= answer.status < 300:
@@ -125,7 +145,7 @@ class Deliverer:
         excerpt = _excerpt(answer.body)
         if is_retryable_status(answer.status):
             raise RetryableStatus(answer.status, excerpt, answer.retry_after)
-        raise _Rejected(answer.status, excerpt)
+        raise RejectedStatus(answer.status, excerpt)
 
 
 def _excerpt(raw: bytes) -> str:
@@ -134,6 +154,6 @@ def _excerpt(raw: bytes) -> str:
     return " ".join(text.split())[:EXCERPT_CHARS]
 
 
-def _describe(error: httpx.TransportError) -> str:
+def _describe(error: Exception) -> str:
     detail = str(error) or "no detail"
     return f"{type(error).__name__}: {detail}"[:EXCERPT_CHARS]

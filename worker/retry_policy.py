@@ -1,10 +1,11 @@
 """When a failed POST is tried again, and how long to wait: tenacity objects built once.
 
-Retried: network errors and timeouts, 5xx, 408, 425 and 429. Waits grow exponentially
-from `EMAILQ_RETRY_BASE_SECONDS` with jitter, up to `EMAILQ_RETRY_MAX_SECONDS`; a
-`Retry-After` (seconds or an HTTP date) replaces the computed wait, capped the same way.
-Attempts stop at `EMAILQ_MAX_ATTEMPTS`, or earlier when the next wait would run past the
-message's expiry.
+Retried: network errors and timeouts (`emailq.worker.errors.NetworkError`), 5xx, 408, 425
+and 429; nothing else (a rejected status, the HTTP client's own `HttpClientError`). Waits
+grow exponentially from `EMAILQ_RETRY_BASE_SECONDS` with jitter, up to
+`EMAILQ_RETRY_MAX_SECONDS`; a `Retry-After` (seconds or an HTTP date) replaces the
+computed wait, capped the same way. Attempts stop at `EMAILQ_MAX_ATTEMPTS`, or earlier
+when the next wait would run past the message's expiry.
 """
 
 from __future__ import annotations
@@ -15,22 +16,16 @@ import httpx
 import tenacity
 
 from emailq.settings import Settings
+from emailq.worker.errors import RetryableStatus
+
+# RetryableStatus lives in emailq.worker.errors; it is imported from here too.
+__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "RetryableStatus", "is_retryable_status", "wait_retry_after"]
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
 def is_retryable_status(status: int) -> bool:
     return status >= 500 or status in RETRYABLE_STATUSES
-
-
-class RetryableStatus(Exception):
-    """The endpoint answered with a status worth trying again."""
-
-    def __init__(self, status: int, excerpt: str, retry_after: float | None):
-        self.status = status
-        self.excerpt = excerpt
-        self.retry_after = retry_after
-        super().__init__(f"HTTP {status}")
 
 
 class wait_retry_after:
@@ -55,6 +50,8 @@ class RetryPolicy:
 
     def __init__(self, settings: Settings):
         self.max_attempts = settings.max_attempts
+        # emailq's NetworkErrors are httpx.TransportErrors (see emailq.worker.errors), so a
+        # client that raises httpx's own is understood too; HttpClientError is neither.
         self._retry = tenacity.retry_if_exception_type((httpx.TransportError, RetryableStatus))
         self._by_attempts = tenacity.stop_after_attempt(settings.max_attempts)
         self._wait = wait_retry_after(

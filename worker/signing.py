@@ -13,6 +13,8 @@ import hmac
 
 
 def decode_secrets(value: str) -> list[bytes]:
+    """The signing keys in `EMAILQ_SIGNING_SECRET`: a `whsec_` secret base64-decoded, any
+    other used as its UTF-8 bytes."""
     keys = []
     for secret in value.split():
         if secret.startswith("whsec_"):

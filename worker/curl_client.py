@@ -1,38 +1,54 @@
-"""How the worker POSTs: libcurl (pycurl), shared by many threads.
+"""The default HTTP client: libcurl (pycurl), shared by many threads.
 
 A worker is one Python process whose deliveries share one interpreter lock, so the CPU a
 POST spends in Python caps its rate. Measured here at 64 threads against a local
 endpoint: httpx's own pool about 3 ms of CPU per POST (encode/httpx#3215), urllib3's
 about 0.3 ms, libcurl under 0.1 ms — it builds, sends and parses the request in C with
 the lock released. For the same reason no Python callback runs per header: libcurl reads
-Retry-After itself. Failures are raised as httpx's transport exceptions, the vocabulary
-the retry policy speaks.
+Retry-After itself.
 
-Each thread keeps its own curl handle, and with it a keep-alive connection. Redirects are
-never followed; TLS is verified (certifi's bundle, or `SSL_CERT_FILE` when set, as httpx
-does); proxies from the environment are not used; a response body is kept up to
-`max_body_bytes` and the rest is not read.
+Each thread keeps its own curl handle, and with it a keep-alive connection. It keeps the
+promises of `emailq.worker.http_client`: redirects are never followed; TLS is verified
+(certifi's bundle, or `SSL_CERT_FILE` when set, as httpx does); proxies from the
+environment are not used; one bound for the whole attempt; a response body is kept up to
+`max_body_bytes` and the rest is not read. libcurl's error codes become emailq's errors
+in `_mapped`, and only there.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import NamedTuple
 
 import certifi
-import httpx
 import pycurl
 
-_CONNECT_FAILED = {pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY}
-_TLS_FAILED = {
-    pycurl.E_SSL_CONNECT_ERROR,
-    pycurl.E_PEER_FAILED_VERIFICATION,
-    pycurl.E_SSL_CACERT,
-    pycurl.E_SSL_CERTPROBLEM,
-    pycurl.E_SSL_CIPHER,
-    pycurl.E_SSL_ISSUER_ERROR,
-}
+from emailq.worker.errors import (
+    ConnectError,
+    ConnectTimeout,
+    DeliveryError,
+    HttpClientError,
+    ReadTimeout,
+    RemoteProtocolError,
+)
+from emailq.worker.http_client import Answer, refuse_unsendable
+
+_CONNECT_FAILED = frozenset({pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST})
+# The endpoint's certificate or handshake: it may be fixed while the email waits. Local
+# TLS faults (our CA file unreadable, a cipher we asked for) are not here: unknown codes.
+_TLS_FAILED = frozenset({pycurl.E_SSL_CONNECT_ERROR, pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_ISSUER_ERROR})
+_BROKEN_OFF = frozenset(
+    {
+        # With an http(s) URL (`refuse_unsendable` allows no other) libcurl reports an answer
+        # that is not HTTP/1.x ("Received HTTP/0.9 when not allowed") as an unsupported protocol.
+        pycurl.E_UNSUPPORTED_PROTOCOL,
+        pycurl.E_FTP_WEIRD_SERVER_REPLY,  # CURLE_WEIRD_SERVER_REPLY: pycurl names it after FTP
+        pycurl.E_PARTIAL_FILE,  # closed before the body's announced end
+        pycurl.E_GOT_NOTHING,  # closed without a byte of answer
+        pycurl.E_SEND_ERROR,  # reset while sending
+        pycurl.E_RECV_ERROR,  # reset while receiving
+    }
+)
 
 
 class _Capped:
@@ -56,13 +72,9 @@ class _Capped:
         return 0  # anything but len(chunk) makes curl abort the transfer
 
 
-class Answer(NamedTuple):
-    status: int
-    retry_after: float | None  # seconds, from a Retry-After header (delta or date)
-    body: bytes  # at most `max_body_bytes`
+class CurlClient:
+    """An `HttpClient` on libcurl: one handle (and keep-alive connection) per thread."""
 
-
-class CurlTransport:
     def __init__(self, max_body_bytes: int):
         self._max_body_bytes = max_body_bytes
         self._cafile = os.environ.get("SSL_CERT_FILE") or certifi.where()
@@ -71,10 +83,7 @@ class CurlTransport:
         self._lock = threading.Lock()
 
     def post(self, url: str, headers: list[str], body: bytes, connect: float, timeout: float) -> Answer:
-        """One POST; `headers` as `Name: value` lines; errors as httpx's transport
-        exceptions."""
-        if any("\r" in line or "\n" in line for line in headers):
-            raise httpx.LocalProtocolError("a header value holds a line break")
+        refuse_unsendable(url, headers)
         curl = self._handle()
         received = _Capped(self._max_body_bytes)
         curl.setopt(pycurl.URL, url)
@@ -87,10 +96,10 @@ class CurlTransport:
         curl.setopt(pycurl.TIMEOUT_MS, int(timeout * 1000))
         try:
             curl.perform()
-        except pycurl.error as error:
-            code, message = error.args
+        except pycurl.error as exc:
+            code, message = exc.args
             if not (code == pycurl.E_WRITE_ERROR and received.cut):
-                raise _translate(curl, code, message, url.startswith("https:")) from None
+                raise _mapped(curl, code, message, tls=url.startswith("https:")) from exc
         finally:
             curl.setopt(pycurl.WRITEFUNCTION, _discard)
         # libcurl parses Retry-After itself (seconds or an HTTP date); 0 means none or now.
@@ -124,12 +133,16 @@ def _discard(_: bytes) -> None:
     return None
 
 
-def _translate(curl: pycurl.Curl, code: int, message: str, tls: bool) -> httpx.TransportError:
+def _mapped(curl: pycurl.Curl, code: int, message: str, tls: bool) -> DeliveryError:
+    """libcurl's error `code` as emailq's error: the endpoint's doing as a NetworkError
+    (retried), anything else, including codes not named here, as HttpClientError."""
     if code in _CONNECT_FAILED:
-        return httpx.ConnectError(message)
+        return ConnectError(message)
     if code in _TLS_FAILED:
-        return httpx.ConnectError(f"TLS: {message}")
+        return ConnectError(f"TLS: {message}")
     if code == pycurl.E_OPERATION_TIMEDOUT:
         connected = curl.getinfo(pycurl.APPCONNECT_TIME if tls else pycurl.CONNECT_TIME) > 0
-        return httpx.ReadTimeout(message) if connected else httpx.ConnectTimeout(message)
-    return httpx.RemoteProtocolError(message)
+        return ReadTimeout(message) if connected else ConnectTimeout(message)
+    if code in _BROKEN_OFF:
+        return RemoteProtocolError(message)
+    return HttpClientError(f"libcurl error {code}: {message}")
