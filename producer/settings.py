@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(default=None, gt=0, le=100000)
 
     # Delivery.
+    # The HTTP client that POSTs: libcurl (the fastest) or httpx (pure Python).
+    http_client: Literal["curl", "httpx"] = "curl"
     endpoint_url: HttpUrl | None = None
     endpoint_authorization: SecretStr | None = None
     signing_secret: SecretStr | None = None

@@ -59,8 +59,7 @@ _Rejected = RejectedStatus
 
 def build_client(settings: Settings) -> HttpClient:
     """The HTTP client `EMAILQ_HTTP_CLIENT` names: `curl` (libcurl, the default) or `httpx`."""
-    # getattr: the setting may not be on Settings yet; until it is, libcurl.
-    name = getattr(settings, "http_client", "curl")
+    name = settings.http_client
     if name == "curl":
         return CurlClient(settings.max_response_bytes)
     if name == "httpx":

@@ -20,6 +20,7 @@ from celery import signals
 from pydantic import ValidationError
 
 from emailq import metrics
+from emailq.errors import EmailqError
 from emailq.message import Envelope
 from emailq.task_message import TASK_NAME, task_message
 from emailq.worker import runtime, taking
@@ -32,7 +33,7 @@ from emailq.worker.in_flight import Taken
 
 log = logging.getLogger("emailq.worker")
 
-class DeadLettered(Exception):
+class DeadLettered(EmailqError):
     """The email could not be delivered and is now in the dead-letter queue."""
 
 
