@@ -56,7 +56,7 @@ class RetryPolicy:
         self._by_attempts = tenacity.stop_after_attempt(settings.max_attempts)
         self._wait = wait_retry_after(
             tenacity.wait_exponential_jitter(
-                initial=settings.retry_base_seconds,
+                multiplier=settings.retry_base_seconds,
                 max=settings.retry_max_seconds,
                 jitter=settings.retry_base_seconds,
             ),
