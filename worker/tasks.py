@@ -56,10 +56,13 @@ def deliver(task: Any, envelope: Any) -> None:
     try:
         outcome = rt.deliverer.deliver(parsed)
     except Exception as error:  # a bug must not lose the email: keep it, say what happened
-        log.exception("delivery of %s failed unexpectedly", parsed.id)
+        detail = f"{type(error).__name__}: {_redacted(str(error))}"[:300]
+        # The message redacted; the traceback (which repeats the raw message) only at debug.
+        log.error("delivery of %s failed unexpectedly: %s", parsed.id, detail)
+        log.debug("the unexpected failure of %s", parsed.id, exc_info=True)
         rt.breaker.skipped()
         entry = DeadLetter(
-            id=parsed.id, reason="error", detail=f"{type(error).__name__}: {_redacted(str(error))}"[:300],
+            id=parsed.id, reason="error", detail=detail,
             attempts=parsed.attempts, history=parsed.history, envelope=parsed.dump(),
         )
         _dead_letter(task, taken, entry)
