@@ -19,6 +19,7 @@ import json
 import logging
 import re
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -51,6 +52,21 @@ _IDEMPOTENCY_PARAMETER = {
 def _refuse(status: int, error: str, **extra: object) -> JSONResponse:
     metrics.REJECTED_INPUT.labels(str(status)).inc()
     return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+def _unready(producer: Producer) -> str | None:
+    """Why the ingest cannot take emails now, or None. A full Redis still answers PING but
+    refuses every enqueue (`noeviction`), so memory is checked too."""
+    if not producer.ping():
+        return "redis unreachable"
+    try:
+        memory = producer.redis.info("memory")
+    except redis.RedisError:
+        return "redis unreachable"
+    limit = int(memory.get("maxmemory") or 0)
+    if limit and memory.get("maxmemory_policy") == "noeviction" and int(memory.get("used_memory", 0)) >= limit:
+        return "redis is full"
+    return None
 
 
 def _unavailable(error: QueueUnavailable, keyed: bool) -> str:
@@ -147,11 +163,13 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: Redis reachable", responses={503: {"description": "Redis unreachable"}})
+    @app.get("/readyz", summary="Readiness: Redis reachable and not full",
+             responses={503: {"description": "Redis unreachable or full"}})
     def readyz() -> Response:
-        if producer.ping():
+        problem = _unready(producer)
+        if problem is None:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "redis unreachable"}, status_code=503)
+        return JSONResponse({"status": problem}, status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     def prometheus() -> Response:

@@ -3,8 +3,10 @@ outage, not a crash: workers stay up, say so once, and carry on when there is ro
 
 from __future__ import annotations
 
+import json
 import time
 
+import httpx
 import pytest
 import redis
 from conftest import RedisServer, Reply, settings_from, wait_for
@@ -83,3 +85,24 @@ def test_a_worker_starts_while_redis_is_full_and_retries_wait_for_room(small_red
     wait_for(lambda: set(ids) <= set(endpoint.delivered_keys()), 30, "every email delivered, each after one retry")
     assert first_tries == set(ids)
     wait_for(lambda: assert_one_home(client).census.in_flight == 0, 10, "nothing left in flight")
+
+
+def test_the_ingest_says_full_and_not_ready_and_recovers(small_redis, settings_env, tmp_path):
+    from test_ingest import Ingest
+
+    env = {**settings_env, "EMAILQ_REDIS_URL": small_redis.url}
+    ingest = Ingest(env, tmp_path)
+    client = small_redis.client()
+    try:
+        assert httpx.get(ingest.url + "/readyz").status_code == 200
+        fill(client)
+        answer = ingest.post(json.dumps(SIGN_IN).encode(), {"Content-Type": "application/json"})
+        assert answer.status_code == 503 and "nothing was enqueued" in answer.json()["error"]
+        ready = httpx.get(ingest.url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "redis is full"
+        make_room(client)
+        assert httpx.get(ingest.url + "/readyz").status_code == 200
+        assert ingest.post(json.dumps(SIGN_IN).encode(), {"Content-Type": "application/json"}).status_code == 202
+        assert "Traceback" not in ingest.log.read_text()
+    finally:
+        ingest.stop()
