@@ -56,3 +56,15 @@ def test_a_worker_takes_over_what_the_old_layout_left(producer, endpoint, start_
     assert not redis_client.exists("emailq:inbox:old") and not redis_client.smembers("_emailq.inboxes")
     assert DeadLetters(redis_client, "emailq").get("old-dead").history == []
     assert_one_home(redis_client)
+
+
+def test_an_email_whose_take_reply_was_lost_goes_back_from_a_live_worker(producer, endpoint, start_worker, redis_client):
+    # The take moved the email onto a live worker's list, and the reply never reached the
+    # worker: it holds no record of it. Two scans 30 s apart find it and give it back.
+    start_worker()
+    wait_for(lambda: redis_client.smembers(KEYS.owners), 10, "the worker registered")
+    (owner,) = [o.decode() for o in redis_client.smembers(KEYS.owners)]
+    lost = producer.send(SIGN_IN)
+    redis_client.lmove("emailq", KEYS.inflight(owner), "RIGHT", "LEFT")
+    wait_for(lambda: lost in endpoint.delivered_keys(), 90, "the lost take delivered")
+    assert_one_home(redis_client)

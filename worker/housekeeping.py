@@ -9,8 +9,10 @@
 - repeating acks and releases that Redis did not take, and giving back (the backstop)
   emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`;
 - every `ADOPT_EVERY_TICKS`, registering in-flight lists no owner is registered for (so
-  the sweep looks at them), taking over what an older release left (`legacy.py`), and
-  applying the DLQ's retention even when nothing new is dead-lettered.
+  the sweep looks at them), giving back emails in this worker's own list that it has no
+  record of (a take whose reply was lost on the wire) once two scans in a row find them,
+  taking over what an older release left (`legacy.py`), and applying the DLQ's retention
+  even when nothing new is dead-lettered.
 
 A thread rather than Celery's event loop: the loop is rebuilt on every reconnect and
 stalls with it, and a heartbeat must not.
@@ -25,7 +27,7 @@ import time
 import redis
 
 from emailq.keys import Keys
-from emailq.worker.in_flight import OWNER
+from emailq.worker.in_flight import OWNER, Taken
 from emailq.worker.legacy import Legacy
 from emailq.worker.runtime import Runtime
 
@@ -46,6 +48,7 @@ class Housekeeper:
         self._failing = False
         self._ticks = 0
         self._legacy = Legacy(runtime.redis)
+        self._unknown: set[bytes] = set()  # in our own list, no record: lost if seen again
 
     def start(self) -> None:
         self._thread.start()
@@ -90,6 +93,7 @@ class Housekeeper:
         if self._connected_since is not None and time.monotonic() - self._connected_since >= self.settings.heartbeat_seconds:
             if self._ticks % ADOPT_EVERY_TICKS == 0:
                 self.adopt_orphans()
+                self.give_back_lost()
             self._ticks += 1
             self.reclaim_dead()
 
@@ -130,6 +134,22 @@ class Housekeeper:
                     client.sadd(keys.owners, owner)
             self._legacy.take_over(queue)
         self.runtime.dead_letters.trim()
+
+    def give_back_lost(self) -> None:
+        client, in_flight = self.runtime.redis, self.runtime.in_flight
+        unknown: set[bytes] = set()
+        for queue in in_flight.queues:
+            key = Keys(queue).inflight(OWNER)
+            known = in_flight.known_items()
+            for item in client.lrange(key, 0, -1):
+                if item in known:
+                    continue
+                if item not in self._unknown:
+                    unknown.add(item)
+                    continue
+                log.warning("an email in %s that this worker never received (a lost reply): back on %s", key, queue)
+                in_flight.give_back(Taken(queue, key, item, None, time.monotonic()))
+        self._unknown = unknown
 
     def leave(self) -> None:
         """At a clean exit, after the pool finished: give back what is left, stop the

@@ -141,6 +141,11 @@ class InFlight:
         with self._lock:
             return len(self._unfinished)
 
+    def known_items(self) -> set[bytes]:
+        """Every item this process has a record of, settled or still to be moved."""
+        with self._lock:
+            return {t.item for t in self._by_tag.values()} | {t.item for _, t, _ in self._unfinished}
+
     def overdue(self, older_than: float) -> list[Taken]:
         """Unsettled records taken more than `older_than` seconds ago."""
         cutoff = time.monotonic() - older_than
