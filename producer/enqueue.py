@@ -4,7 +4,8 @@ Every email is validated before anything is written, a batch goes in one atomic
 transaction (all or none), and Redis gets a short timeout so that an unreachable
 queue fails a web request fast instead of hanging it. When Redis fails, the error says
 honestly whether the write may have landed: nothing was sent, or it was sent and the
-answer was lost.
+answer was lost. With `EMAILQ_REDIS_MIN_REPLICAS`, an enqueue is acknowledged only once
+that many replicas hold it (`WAIT`), so that a Sentinel failover cannot lose it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from emailq import embedded_redis
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.keys import Keys
 from emailq.message import Email, Envelope, parse_email
+from emailq.redis_client import redis_client, resolve_redis_url
 from emailq.settings import Settings, get_settings
 from emailq.task_message import task_message
 
@@ -52,19 +53,15 @@ WAKE_TOKENS_PER_BATCH = 64
 WAKE_TOKENS_KEPT = 1000
 
 
-def resolve_redis_url(settings: Settings) -> str:
-    """`EMAILQ_REDIS_URL`, or else the embedded Redis: started if need be by the `emailq`
-    command, used only if already running by a web app (raises ConfigError otherwise)."""
-    if settings.redis_url is not None:
-        return str(settings.redis_url)
-    return embedded_redis.url(settings.data_dir)
+__all__ = ["Producer", "connect", "resolve_redis_url", "send_email", "send_many"]
 
 
 def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
-    """A Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying."""
+    """A Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying; on
+    Sentinel, one that follows the current primary."""
     timeout = settings.redis_timeout if timeout is None else timeout
-    return redis.Redis.from_url(
-        resolve_redis_url(settings),
+    return redis_client(
+        settings,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -186,18 +183,16 @@ class Producer:
         wake = Keys(self.settings.queue).wake
         tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
         commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
-        replies = self._write(commands, ids=ids)
-        refused = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
-        if refused:
-            # Each chunk fails alike (the queue's key holds another type): none landed.
-            raise QueueUnavailable(_refused(refused[0]), ids=ids)
+        self._write(commands, ids=ids)
 
     def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
         """Send `commands` in one round trip on one connection; returns the last reply.
 
         Takes the connection (connect, health check) before sending anything, so that a
         failure says truthfully whether the write may have landed: before sending,
-        nothing was enqueued; after, a lost answer means Redis may have applied it.
+        nothing was enqueued; after, a lost answer means Redis may have applied it. Then,
+        with `EMAILQ_REDIS_MIN_REPLICAS`, waits on the same connection for that many
+        replicas to hold the write.
         """
         pool = self._redis.connection_pool
         try:
@@ -212,6 +207,12 @@ class Producer:
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             sent = True
             replies = [connection.read_response() for _ in commands]
+            refused = [r for r in replies[-1] if isinstance(r, redis.ResponseError)] if isinstance(replies[-1], list) else []
+            if refused:
+                # An EXEC whose commands Redis refused (the key holds another type): each
+                # fails alike, none landed.
+                raise QueueUnavailable(_refused(refused[0]), ids=ids)
+            self._confirm(connection, ids)
         except (redis.ResponseError, redis.BusyLoadingError, redis.AuthenticationError) as error:
             # Redis answered, and refused (full, read-only, loading, wrong type).
             connection.disconnect()  # later replies may be left unread
@@ -220,10 +221,26 @@ class Producer:
             connection.disconnect()
             if not sent:
                 raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
+            if isinstance(error.__context__, redis.ReadOnlyError):
+                # A Sentinel client's server was demoted (a failover): it refused the write.
+                raise QueueUnavailable(_refused(error.__context__), ids=ids) from None
             raise QueueUnavailable(_maybe_enqueued(error, ids or []), maybe_enqueued=True, ids=ids) from None
         finally:
             pool.release(connection)
         return replies[-1]
+
+    def _confirm(self, connection: Any, ids: list[str] | None) -> None:
+        """`WAIT` for `EMAILQ_REDIS_MIN_REPLICAS` replicas to hold this connection's writes,
+        for up to `EMAILQ_REDIS_TIMEOUT`; raises QueueUnavailable(maybe_enqueued=True) if
+        fewer do: the primary has the email, but a failover now could lose it."""
+        wanted = self.settings.redis_min_replicas
+        if wanted <= 0:
+            return
+        timeout = self.settings.redis_timeout
+        connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
+        confirmed = int(connection.read_response(timeout=2 * timeout))
+        if confirmed < wanted:
+            raise QueueUnavailable(_unconfirmed(confirmed, wanted, timeout, ids or []), maybe_enqueued=True, ids=ids)
 
     def close(self) -> None:
         self._redis.close()
@@ -246,6 +263,15 @@ def _maybe_enqueued(error: Exception, ids: list[str]) -> str:
     return (
         f"Redis did not answer after the write was sent ({error}): {what} may have been "
         "enqueued; sending again may deliver twice"
+    )
+
+
+def _unconfirmed(confirmed: int, wanted: int, timeout: float, ids: list[str]) -> str:
+    what = f"email {ids[0]} is" if len(ids) == 1 else f"the {len(ids)} emails are" if ids else "the emails are"
+    return (
+        f"only {confirmed} of the {wanted} replica(s) EMAILQ_REDIS_MIN_REPLICAS asks for confirmed the write "
+        f"within {timeout}s: {what} on the primary and may have been enqueued, but a failover now could lose it; "
+        "sending again may deliver twice"
     )
 
 

@@ -10,19 +10,23 @@ import binascii
 import functools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pydantic import (
     AnyUrl,
     Field,
+    GetCoreSchemaHandler,
     HttpUrl,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emailq.errors import ConfigError
@@ -40,13 +44,94 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "emailq"
 
 
+@dataclass(frozen=True)
+class SentinelUrl:
+    """Celery's Sentinel form of `EMAILQ_REDIS_URL`:
+    `sentinel://[[user]:password@]host:port[/db][;sentinel://host:port…]`.
+
+    The password (and user, and database) are the Redis primary's, as in Celery, on the
+    first part (kombu reads only that one). `str()` is the URL as written.
+    """
+
+    text: str
+    sentinels: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    scheme = "sentinel"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"SentinelUrl({self.masked()!r})"
+
+    @classmethod
+    def parse(cls, text: str) -> SentinelUrl:
+        """Raises ValueError saying which part is wrong (never echoing a password)."""
+        sentinels: list[tuple[str, int]] = []
+        first: tuple[str | None, str | None, int] = (None, None, 0)
+        parts = text.split(";")
+        for number, part in enumerate(parts, 1):
+            where = f"part {number} of {len(parts)}" if len(parts) > 1 else "the URL"
+            split = urlsplit(part.strip())
+            try:
+                host, port = split.hostname, split.port
+            except ValueError:
+                host, port = None, None
+            if split.scheme != "sentinel" or not host or not port or split.query or split.fragment:
+                raise ValueError(f"{where} must be sentinel://host:port, as in sentinel://[:password@]host:port[;sentinel://host:port…]")
+            path = split.path.strip("/")
+            if path and not path.isdigit():
+                raise ValueError(f"{where}: the database after the port must be a number")
+            sentinels.append((host, port))
+            username = unquote(split.username) if split.username else None
+            password = unquote(split.password) if split.password is not None else None
+            if username is not None and password is None:
+                username, password = None, username  # sentinel://secret@host, as redis:// reads it
+            given = (username, password, int(path) if path else 0)
+            if number == 1:
+                first = given
+            elif given != (None, None, 0) and given != first:
+                # Celery and Flower (kombu) read them from the first part only.
+                raise ValueError(f"{where}: give the password and database on the first part only")
+        return cls(text, tuple(sentinels), *first)
+
+    def masked(self) -> str:
+        """The URL with each password replaced by ***."""
+        shown = []
+        for part in self.text.split(";"):
+            scheme, _, rest = part.strip().partition("://")
+            userinfo, at, address = rest.rpartition("@")
+            if at:
+                name, colon, _secret = userinfo.partition(":")
+                userinfo = f"{name}:{_MASK}@" if colon else f"{_MASK}@"
+            shown.append(f"{scheme}://{userinfo}{address}")
+        return ";".join(shown)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # Built only by the `redis_url` validator below; never parsed from a string here.
+        return core_schema.is_instance_schema(cls)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
     )
 
-    # Where the queue and the DLQ live. Unset: the embedded Redis under data_dir.
-    redis_url: AnyUrl | None = None
+    # Where the queue and the DLQ live: redis://, rediss://, or Celery's
+    # sentinel://host:port;sentinel://… (with redis_sentinel_master). Unset: the embedded
+    # Redis under data_dir.
+    redis_url: AnyUrl | SentinelUrl | None = None
+    # The service name Sentinel monitors (`sentinel monitor <name> …`), and the password
+    # the Sentinels themselves ask for, if any (the primary's is in the URL).
+    redis_sentinel_master: str | None = Field(default=None, pattern=r"^[!-~]{1,200}$")
+    redis_sentinel_password: SecretStr | None = None
+    # Replicas that must confirm each enqueue (Redis WAIT, within redis_timeout) before
+    # it is acknowledged; fewer raise QueueUnavailable(maybe_enqueued=True). 0: no wait.
+    redis_min_replicas: int = Field(default=0, ge=0, le=100)
     data_dir: Path = Field(default_factory=_default_data_dir)
     queue: str = Field(default="emailq", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
     # How long a producer may wait on Redis before giving up; keeps web requests fast.
@@ -114,11 +199,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", mode="wrap")
     @classmethod
-    def _redis_scheme(cls, url: AnyUrl | None) -> AnyUrl | None:
-        if url is not None and url.scheme not in ("redis", "rediss"):
-            raise ValueError("must start with redis:// or rediss://")
+    def _redis_scheme(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> AnyUrl | SentinelUrl | None:
+        if isinstance(value, str) and value.strip().lower().startswith("sentinel:"):
+            return SentinelUrl.parse(value.strip())
+        url = handler(value)
+        if isinstance(url, AnyUrl) and url.scheme not in ("redis", "rediss"):
+            raise ValueError("must start with redis://, rediss:// or sentinel://")
         return url
 
     @field_validator("flower_basic_auth")
@@ -170,6 +258,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sentinel_has_a_master(self) -> Settings:
+        sentinel = isinstance(self.redis_url, SentinelUrl)
+        if sentinel and self.redis_sentinel_master is None:
+            raise ValueError(
+                "EMAILQ_REDIS_SENTINEL_MASTER: required with a sentinel:// EMAILQ_REDIS_URL "
+                "(the service name of `sentinel monitor <name> …`)"
+            )
+        for name in ("redis_sentinel_master", "redis_sentinel_password"):
+            if not sentinel and getattr(self, name) is not None:
+                raise ValueError(f"EMAILQ_{name.upper()}: set, but EMAILQ_REDIS_URL is not a sentinel:// URL")
+        return self
+
+    @model_validator(mode="after")
     def _visibility_outlasts_delivery(self) -> Settings:
         longest = self.longest_delivery_seconds()
         if self.visibility_timeout <= longest:
@@ -196,8 +297,10 @@ class Settings(BaseSettings):
             yield name, value
 
 
-def masked_url(url: AnyUrl) -> str:
+def masked_url(url: AnyUrl | SentinelUrl) -> str:
     """The URL with its password (in the userinfo or a `password=` query) replaced by ***."""
+    if isinstance(url, SentinelUrl):
+        return url.masked()
     userinfo = ""
     if url.password is not None:
         userinfo = f"{url.username or ''}:{_MASK}@"

@@ -49,8 +49,11 @@ def load_yaml(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def compose() -> dict[str, Any]:
-    return load_yaml(DEPLOY / "docker-compose.yml")[0]
+def compose(name: str = "docker-compose.yml") -> dict[str, Any]:
+    return load_yaml(DEPLOY / name)[0]
+
+
+COMPOSE_FILES = {"compose": "docker-compose.yml", "compose-sentinel": "docker-compose.sentinel.yml"}
 
 
 def k8s(kind: str) -> list[dict[str, Any]]:
@@ -127,9 +130,10 @@ def invocations() -> list[tuple[str, list[str]]]:
     """Every `emailq ...` argv that the deploy files run, with where it comes from."""
     entrypoint = exec_form("ENTRYPOINT")
     found = [("Dockerfile", entrypoint[1:] + exec_form("CMD"))]
-    for name, service in compose()["services"].items():
-        if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile":
-            found.append((f"compose {name}", service.get("entrypoint", entrypoint)[1:] + service["command"]))
+    for label, file in COMPOSE_FILES.items():
+        for name, service in compose(file)["services"].items():
+            if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile":
+                found.append((f"{label} {name}", service.get("entrypoint", entrypoint)[1:] + service["command"]))
     for name, container in containers():
         if container["image"] == "emailq":
             argv = container.get("command", entrypoint) + container.get("args", [])
@@ -207,7 +211,7 @@ def test_every_emailq_command_mentioned_in_comments_exists() -> None:
 
 def test_each_deployment_runs_every_role() -> None:
     runs = invocations()
-    for where in ("compose", "kubernetes", "emailq-"):
+    for where in (*(f"{label} " for label in COMPOSE_FILES), "kubernetes", "emailq-"):
         assert {argv[0] for w, argv in runs if w.startswith(where)} == ROLES, where
 
 
@@ -441,7 +445,8 @@ def test_redis_server_runs_with_redis_conf(tmp_path: Path) -> None:
     shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode,
     reason="docker compose is not installed",
 )
-def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("file", COMPOSE_FILES.values())
+def test_docker_compose_accepts_the_file(tmp_path: Path, file: str) -> None:
     required = {"REDIS_PASSWORD": "pw", "EMAILQ_ENDPOINT_URL": "https://example.com/send",
                 "EMAILQ_INGEST_AUTHORIZATION": "Bearer x", "EMAILQ_FLOWER_BASIC_AUTH": "admin:pw"}
     env = {k: v for k, v in os.environ.items() if k not in required}
@@ -449,9 +454,66 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     def config(values: dict[str, str]) -> subprocess.CompletedProcess:
         env_file = tmp_path / "compose.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        return subprocess.run(["docker", "compose", "--env-file", str(env_file), "-f", str(DEPLOY / "docker-compose.yml"),
+        return subprocess.run(["docker", "compose", "--env-file", str(env_file), "-f", str(DEPLOY / file),
                                "config", "--quiet"], capture_output=True, text=True, env=env, timeout=60)
 
     assert config(required).returncode == 0
     without_auth = config({k: v for k, v in required.items() if k != "EMAILQ_FLOWER_BASIC_AUTH"})
     assert without_auth.returncode != 0 and "EMAILQ_FLOWER_BASIC_AUTH" in without_auth.stderr
+
+
+def sentinel_compose_env() -> dict[str, Any]:
+    """The emailq settings of docker-compose.sentinel.yml, with its ${...} filled in."""
+    values = {"REDIS_PASSWORD": "pw", "EMAILQ_REDIS_MIN_REPLICAS": "1", "EMAILQ_LOG_FORMAT": "json"}
+
+    def fill(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return re.sub(r"\$\{(\w+)(?::[-?][^}]*)?\}", lambda m: values[m.group(1)], value)
+
+    return {k: fill(v) for k, v in compose("docker-compose.sentinel.yml")["x-emailq-settings"].items()}
+
+
+def test_sentinel_compose_settings_name_its_sentinels_and_service() -> None:
+    file = compose("docker-compose.sentinel.yml")
+    services = file["services"]
+    env = sentinel_compose_env()
+    parsed = settings(env)  # raises, naming the field, if the URL or the master is wrong
+    sentinels = {name: s for name, s in services.items() if s.get("command", [None])[0] == "sh"}
+    assert len(sentinels) == 3, "a quorum of 2 needs three Sentinels"
+    assert {host for host, _ in parsed.redis_url.sentinels} == set(sentinels)
+    assert {s["environment"]["SENTINEL_MASTER"] for s in sentinels.values()} == {parsed.redis_sentinel_master}
+    assert parsed.redis_min_replicas >= 1
+    servers = {name: s for name, s in services.items() if s.get("command", [None])[0] == "redis-server"}
+    replicas = {name for name, s in servers.items() if "--replicaof" in s["command"]}
+    assert len(servers) - len(replicas) == 1 and len(replicas) > parsed.redis_min_replicas, (
+        "one primary, and more replicas than must confirm, so that one may be down")
+    primary = (set(servers) - replicas).pop()
+    assert {s["environment"]["SENTINEL_PRIMARY"] for s in sentinels.values()} == {primary}
+    for name, server in servers.items():
+        argv = server["command"]
+        # Any of them may be primary after a failover: each serves and replicates with
+        # the password, and announces a name that resolves.
+        assert argv[argv.index("--requirepass") + 1] == argv[argv.index("--masterauth") + 1]
+        assert argv[argv.index("--replica-announce-ip") + 1] == server["hostname"] == name
+
+
+def test_sentinel_sh_writes_a_config_redis_sentinel_runs(tmp_path: Path) -> None:
+    port = free_port()
+    # A stand-in for the image's redis-sentinel: the real server, on a free port.
+    fake = tmp_path / "bin" / "redis-sentinel"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nexec {redis_server_binary()} "$1" --sentinel --port {port} --bind 127.0.0.1\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "SENTINEL_CONF": str(tmp_path / "sentinel.conf"),
+           "SENTINEL_MASTER": "emailq", "SENTINEL_PRIMARY": "127.0.0.1", "REDIS_PASSWORD": "pw", "DOWN_AFTER": "5000"}
+    process = subprocess.Popen(["sh", str(DEPLOY / "sentinel.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        client = redis.Redis(port=port)
+        wait_for(lambda: process.poll() is not None or _answers(client), 10, "the Sentinel of sentinel.sh")
+        assert process.poll() is None, process.stdout.read().decode()
+        master = client.sentinel_master("emailq")
+        assert master["port"] == 6379 and master["down-after-milliseconds"] == 5000
+    finally:
+        process.terminate()
+        process.wait(10)

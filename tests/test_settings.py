@@ -90,6 +90,18 @@ def test_a_good_environment_value_fixes_a_bad_dotenv_value(settings_env, redis_c
 INVALID = [
     ("EMAILQ_REDIS_URL", "http://x"),
     ("EMAILQ_REDIS_URL", "not a url"),
+    # Sentinel: every part sentinel://host:port, credentials on the first part only.
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379;sentinel-2:26379"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379;redis://sentinel-2:26379"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379;sentinel://sentinel-2:port"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379/zero"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379;sentinel://:pw@sentinel-2:26379"),
+    ("EMAILQ_REDIS_URL", "sentinel://sentinel-1:26379?db=2"),
+    ("EMAILQ_REDIS_SENTINEL_MASTER", "emailq"),  # without a sentinel:// URL
+    ("EMAILQ_REDIS_SENTINEL_PASSWORD", "pw"),
+    ("EMAILQ_REDIS_MIN_REPLICAS", "-1"),
+    ("EMAILQ_REDIS_MIN_REPLICAS", "one"),
     ("EMAILQ_QUEUE", "has space"),
     ("EMAILQ_QUEUE", ""),
     ("EMAILQ_REDIS_TIMEOUT", "0"),
@@ -225,6 +237,37 @@ def test_repr_and_str_of_settings_never_show_the_redis_password(url, password):
         assert password not in shown
         assert "redis_url=" in shown and "***" in shown
     assert str(settings.redis_url) == url  # what connects keeps the password
+
+
+def test_a_sentinel_url_needs_the_service_name(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMAILQ_REDIS_URL", "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert str(raised.value).startswith("EMAILQ_REDIS_SENTINEL_MASTER: required with a sentinel:// EMAILQ_REDIS_URL")
+
+
+def test_a_sentinel_url_names_every_sentinel_and_the_primarys_password():
+    url = "sentinel://:hunter2-pw@10.0.0.1:26379/2;sentinel://sentinel-b:26380; sentinel://[::1]:26381"
+    settings = settings_from({"EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_SENTINEL_MASTER": "emailq",
+                              "EMAILQ_REDIS_SENTINEL_PASSWORD": "hunter2-sentinel"})
+    assert settings.redis_url.sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381))
+    assert (settings.redis_url.password, settings.redis_url.db) == ("hunter2-pw", 2)
+    assert str(settings.redis_url) == url  # what connects keeps the password
+    for shown in (repr(settings), str(settings), repr(settings.redis_url)):
+        assert "hunter2" not in shown
+    assert "sentinel://:***@10.0.0.1:26379/2;sentinel://sentinel-b:26380" in repr(settings)
+
+
+def test_a_bad_sentinel_url_stops_the_command_with_one_line(settings_env, tmp_path):
+    env = {**settings_env, "EMAILQ_REDIS_URL": "sentinel://:hunter2@a:26379;sentinel://b", "EMAILQ_REDIS_SENTINEL_MASTER": "m"}
+    result = run_emailq(SEND, env, tmp_path)
+    assert_refused_naming(result, "EMAILQ_REDIS_URL")
+    assert "part 2 of 2 must be sentinel://host:port" in result.stderr and "hunter2" not in result.stderr
 
 
 def test_the_masked_redis_url_still_says_where_redis_is():

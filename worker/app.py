@@ -11,8 +11,8 @@ from typing import Any
 
 from celery import Celery
 
-from emailq.enqueue import resolve_redis_url
-from emailq.settings import Settings, get_settings
+from emailq.redis_client import resolve_redis_url
+from emailq.settings import SentinelUrl, Settings, get_settings
 
 app = Celery("emailq", include=["emailq.worker.tasks", "emailq.worker.observability"])
 
@@ -20,18 +20,9 @@ app = Celery("emailq", include=["emailq.worker.tasks", "emailq.worker.observabil
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = resolve_redis_url(settings)
     return {
-        "broker_url": url,
-        "broker_transport": "emailq.worker.transport:Transport",
-        # Our transport class hides the rediss:// scheme from kombu: ask for TLS here.
-        "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss://") else None,
+        **_broker(settings, url),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a Redis restart must not stop workers
-        "broker_transport_options": {
-            # In-flight emails and their recovery are emailq's own (worker/in_flight.py);
-            # kombu's visibility timeout and unacked sweep are not used.
-            "socket_keepalive": True,
-            "health_check_interval": 10,
-        },
         "task_default_queue": settings.queue,
         # Remote control (`emailq status` pings) and task events on exchanges of emailq's
         # own: Celery's defaults (`celery.pidbox`, `celeryev`) are shared with every other
@@ -53,6 +44,46 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
     }
+
+
+def _broker(settings: Settings, url: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        # In-flight emails and their recovery are emailq's own (worker/in_flight.py);
+        # kombu's visibility timeout and unacked sweep are not used.
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+    }
+    sentinel = settings.redis_url
+    if not isinstance(sentinel, SentinelUrl):
+        return {
+            "broker_url": url,
+            "broker_transport": "emailq.worker.transport:Transport",
+            # Our transport class hides the rediss:// scheme from kombu: ask for TLS here.
+            "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss://") else None,
+            "broker_transport_options": options,
+        }
+    # One Sentinel in the URL that kombu sees: given several (`a;b`), kombu's Connection
+    # "fails over" to the next one on an error, with kombu's own transport in place of
+    # emailq's. emailq's transport asks every Sentinel of the settings itself; `emailq
+    # flower` (kombu's transport) sets the whole URL back (`flower_broker_url`).
+    options["master_name"] = settings.redis_sentinel_master
+    if settings.redis_sentinel_password is not None:
+        options["sentinel_kwargs"] = {
+            "password": settings.redis_sentinel_password.get_secret_value(),
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+        }
+    return {
+        "broker_url": sentinel.text.split(";")[0].strip(),
+        "broker_transport": "emailq.worker.transport:SentinelTransport",
+        "broker_use_ssl": None,
+        "broker_transport_options": options,
+    }
+
+
+def flower_broker_url(settings: Settings) -> str:
+    """The broker URL for kombu's own transport (Flower): on Sentinel, every Sentinel."""
+    return resolve_redis_url(settings)
 
 
 @app.on_configure.connect

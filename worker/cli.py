@@ -15,6 +15,7 @@ from emailq import census, embedded_redis
 from emailq.enqueue import Producer, connect
 from emailq.errors import ConfigError, EmailqError, InvalidMessage
 from emailq.jsonl import read_emails
+from emailq.redis_client import primary_address
 from emailq.settings import Settings, get_settings
 from emailq.worker.dlq_commands import dlq
 
@@ -131,6 +132,9 @@ def status(as_json: bool, check: bool) -> None:
         return
     now = census.count(client, settings.queue)
     report: dict[str, Any] = {"queue": settings.queue, **now.as_dict()}
+    primary = primary_address(client)
+    if primary is not None:
+        report["primary"] = primary
     replies = app.control.ping(timeout=1.0) or []
     report["workers"] = sorted(name for reply in replies for name in reply)
     if as_json:
@@ -141,6 +145,8 @@ def status(as_json: bool, check: bool) -> None:
         f"{report['scheduled']} scheduled for retry"
     )
     click.echo(f"dead-letter queue: {report['dead_lettered']}")
+    if primary is not None:
+        click.echo(f"Redis primary: {primary} (Sentinel service {settings.redis_sentinel_master})")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
 
 
@@ -210,13 +216,15 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     else:
         click.secho("emailq flower: EMAILQ_FLOWER_BASIC_AUTH is not set: the dashboard is open to anyone who can reach it", fg="yellow", err=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from emailq.worker.app import app
+    from emailq.worker.app import app, flower_broker_url
 
     # Flower only watches (events, queue lengths); it needs kombu's own transport, whose
-    # URL scheme it recognises, not the worker's dead-lettering one. Reading a setting
-    # first applies the lazy configuration, so that it cannot overwrite this change.
+    # URL scheme it recognises (sentinel:// too: kombu's Sentinel transport, given every
+    # Sentinel), not the worker's dead-lettering one. Reading a setting first applies the
+    # lazy configuration, so that it cannot overwrite this change.
     assert app.conf.broker_url
     app.conf.broker_transport = None
+    app.conf.broker_url = flower_broker_url(settings)
     from emailq.worker.flower_queues import show_dead_letters
 
     show_dead_letters(settings.queue)

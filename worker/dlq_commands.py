@@ -2,6 +2,9 @@
 
 Each command reads and moves the DLQ in batches (`DeadLetters` walks it `BATCH` ids a
 round trip) and prints as it goes, so its memory stays flat however deep the DLQ is.
+With `EMAILQ_REDIS_MIN_REPLICAS`, replay and purge then wait for that many replicas to
+hold their moves, and say so when fewer do: a failover then may undo them (the emails
+are back in the DLQ, nothing is lost).
 """
 
 from __future__ import annotations
@@ -16,22 +19,38 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 import click
+import redis
 
 from emailq.enqueue import connect
+from emailq.redis_client import confirm_writes
 from emailq.settings import get_settings
 from emailq.worker.dead_letters import REASONS, DeadLetter, DeadLetters
 
 TABLE_LIMIT = 50  # rows `dlq list` shows unless told otherwise
+CONFIRM_SECONDS = 2.0  # how long replay and purge wait for replicas (EMAILQ_REDIS_MIN_REPLICAS)
 
 
-def dead_letters() -> DeadLetters:
+def dead_letters(client: redis.Redis | None = None) -> DeadLetters:
     settings = get_settings()
     return DeadLetters(
-        connect(settings, timeout=5),
+        client or connect(settings, timeout=5),
         settings.queue,
         max_entries=settings.dlq_max_entries,
         max_age_seconds=settings.dlq_max_age_seconds,
     )
+
+
+def _confirm(client: redis.Redis, what: str) -> None:
+    """Warn when fewer replicas than EMAILQ_REDIS_MIN_REPLICAS hold this command's moves
+    (the command runs on one thread: its one connection made them all)."""
+    wanted = get_settings().redis_min_replicas
+    confirmed = confirm_writes(client, wanted, CONFIRM_SECONDS)
+    if confirmed < wanted:
+        click.echo(
+            f"warning: only {confirmed} of the {wanted} replica(s) EMAILQ_REDIS_MIN_REPLICAS asks for hold the {what} "
+            f"after {CONFIRM_SECONDS:.0f}s: a failover now may undo it (nothing is lost); check 'emailq dlq list'",
+            err=True,
+        )
 
 
 @click.group()
@@ -100,8 +119,9 @@ def dlq_show(message_id: str, reveal: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Replay every entry.")
 def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
     """Put entries back on the queue with a fresh attempt budget (same id)."""
-    store = dead_letters()
     settings = get_settings()
+    client = connect(settings, timeout=5)
+    store = dead_letters(client)
     ttl, bulk_ttl = settings.message_ttl_seconds, settings.bulk_ttl_seconds
     if _all_or_known(store, ids, all_):
         replayed, skipped = store.replay_all(ttl, bulk_ttl)
@@ -110,6 +130,8 @@ def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
     for message_id in skipped:
         click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
     click.echo(f"replayed {replayed} email(s)")
+    if replayed:
+        _confirm(client, "replay")
     if skipped and not all_:
         sys.exit(1)
 
@@ -119,9 +141,12 @@ def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Delete every entry.")
 def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
     """Delete entries for good."""
-    store = dead_letters()
+    client = connect(get_settings(), timeout=5)
+    store = dead_letters(client)
     removed = store.purge_all() if _all_or_known(store, ids, all_) else store.purge(ids)
     click.echo(f"purged {removed} email(s)")
+    if removed:
+        _confirm(client, "purge")
 
 
 def _all_or_known(store: DeadLetters, ids: tuple[str, ...], all_: bool) -> bool:

@@ -5,14 +5,22 @@
 - moving due retries from the schedule to the back of the queue;
 - putting back the in-flight emails of owners whose heartbeat lapsed — but only once this
   worker has itself been talking to Redis for a whole heartbeat lifetime, so that after
-  an outage or a failover it does not declare dead the workers still reconnecting;
+  an outage or a failover it does not declare dead the workers still reconnecting. On
+  Sentinel the clock also restarts when the primary changes: heartbeats may have lapsed
+  on the new primary while Sentinel took `down-after-milliseconds` to notice, so what
+  must hold is only that every live worker reaches the new primary within one heartbeat
+  lifetime of the first, not that the lifetime exceeds Sentinel's down-after;
 - repeating acks and releases that Redis did not take, and giving back (the backstop)
   emails held longer than `EMAILQ_VISIBILITY_TIMEOUT`;
 - every `ADOPT_EVERY_TICKS`, registering in-flight lists no owner is registered for (so
   the sweep looks at them), giving back emails in this worker's own list that it has no
-  record of (a take whose reply was lost on the wire) once two scans in a row find them,
-  taking over what an older release left (`legacy.py`), and applying the DLQ's retention
-  even when nothing new is dead-lettered.
+  record of once two scans in a row find them (`give_back_lost`), taking over what an
+  older release left (`legacy.py`), and applying the DLQ's retention even when nothing
+  new is dead-lettered. Such emails come from a take whose reply was lost on the wire,
+  or from a failover that lost the old primary's last moves (an ack, a move to the
+  schedule or the DLQ), which brings them back into this list; after every reconnect and
+  change of primary the two scans come `RESCAN_SECONDS` apart instead, so that they are
+  delivered again (at-least-once) within seconds, never stranded.
 
 A thread rather than Celery's event loop: the loop is rebuilt on every reconnect and
 stalls with it, and a heartbeat must not.
@@ -35,6 +43,10 @@ log = logging.getLogger("emailq.worker")
 
 TICK_SECONDS = 0.5
 ADOPT_EVERY_TICKS = 60
+# After a reconnect or a change of primary, the two scans of this worker's own in-flight
+# list (`give_back_lost`) this far apart: long enough for an email taken just before the
+# first scan to be recorded by the second.
+RESCAN_SECONDS = 2.0
 
 
 class Housekeeper:
@@ -46,6 +58,9 @@ class Housekeeper:
         self._thread = threading.Thread(target=self._run, name="emailq-housekeeper", daemon=True)
         self._connected_since: float | None = None
         self._failing = False
+        self._ever_connected = False
+        self._primary: tuple[str, int] | None = None
+        self._rescans: list[float] = []  # when to scan the own list, after a reconnect
         self._ticks = 0
         self._legacy = Legacy(runtime.redis)
         self._unknown: set[bytes] = set()  # in our own list, no record: lost if seen again
@@ -70,6 +85,7 @@ class Housekeeper:
                 self._failing = True
             except redis.RedisError as error:
                 self._connected_since = None
+                self._rescans = []  # scheduled again once reconnected
                 if not self._failing:
                     log.warning("Redis unavailable to the housekeeper (%s); still trying", error)
                 self._failing = True
@@ -90,6 +106,9 @@ class Housekeeper:
         for taken in runtime.in_flight.overdue(self.settings.visibility_timeout):
             log.warning("%s held for over %ss: back to the queue", taken.message_id, self.settings.visibility_timeout)
             runtime.in_flight.give_back(taken)
+        if self._rescans and time.monotonic() >= self._rescans[0]:
+            self._rescans.pop(0)
+            self.give_back_lost()
         if self._connected_since is not None and time.monotonic() - self._connected_since >= self.settings.heartbeat_seconds:
             if self._ticks % ADOPT_EVERY_TICKS == 0:
                 self.adopt_orphans()
@@ -103,8 +122,19 @@ class Housekeeper:
         for queue in queues:
             if not client.pexpire(Keys(queue).alive(OWNER), self._ttl_ms):
                 self.runtime.in_flight.register(queue, self._ttl_ms)
+        # On Sentinel: the primary this client's connections went to (no round trip).
+        primary = getattr(client.connection_pool, "master_address", None)
+        if primary is not None and primary != self._primary:
+            if self._primary is not None:
+                log.warning("Redis primary is now %s:%s (was %s:%s)", *primary, *self._primary)
+                self._connected_since = None
+            self._primary = primary
         if self._connected_since is None:
-            self._connected_since = time.monotonic()
+            now = time.monotonic()
+            if self._ever_connected:
+                self._rescans = [now + RESCAN_SECONDS, now + 2 * RESCAN_SECONDS]
+            self._ever_connected = True
+            self._connected_since = now
 
     def reclaim_dead(self) -> None:
         client = self.runtime.redis
@@ -147,7 +177,8 @@ class Housekeeper:
                 if item not in self._unknown:
                     unknown.add(item)
                     continue
-                log.warning("an email in %s that this worker never received (a lost reply): back on %s", key, queue)
+                log.warning("an email in %s that this worker has no record of (a lost reply, or an ack a failover "
+                            "lost): back on %s", key, queue)
                 in_flight.give_back(Taken(queue, key, item, None, time.monotonic()))
         self._unknown = unknown
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import threading
 
-import redis
-
 from emailq import metrics
-from emailq.enqueue import resolve_redis_url
+from emailq.redis_client import redis_client
 from emailq.settings import Settings, get_settings
 from emailq.worker.circuit_breaker import CircuitBreaker
 from emailq.worker.dead_letters import DeadLetters
@@ -27,9 +25,10 @@ _lock = threading.Lock()
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
-        # A short socket timeout: a Redis that stalls must not hang a thread for long.
-        self.redis = redis.Redis.from_url(
-            resolve_redis_url(settings),
+        # A short socket timeout: a Redis that stalls must not hang a thread for long. On
+        # Sentinel, the client follows the primary across a failover.
+        self.redis = redis_client(
+            settings,
             socket_timeout=5,
             socket_connect_timeout=5,
             socket_keepalive=True,

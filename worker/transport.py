@@ -11,6 +11,9 @@ What changes from kombu's Redis channel:
 - Anything on the queue that is not a deliverable kombu message goes to the DLQ as
   `malformed`, once, and the worker carries on without reconnecting.
 
+On Redis Sentinel (`SentinelTransport`) the channel is the same, on a connection pool
+that asks the Sentinels of the settings for the current primary.
+
 kombu's private methods overridden here are pinned by `pyproject.toml` (kombu 5.7.x) and
 checked by `tests/test_kombu_contract.py`.
 """
@@ -29,6 +32,8 @@ from kombu.transport import virtual
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
 
+from emailq.redis_client import primary_pool
+from emailq.settings import get_settings
 from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.in_flight import OWNER, Taken
@@ -255,3 +260,28 @@ def _dead_letter(inflight_key: str, item: bytes, problem: str) -> None:
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """emailq's channel, on the primary that the Sentinels name (kombu's SentinelChannel
+    for the rest: the Sentinel-managed connection classes, the fanout prefix)."""
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu reads the Sentinels from the URL's `;` alternates, which would also make
+        # its Connection switch to kombu's own transport on a connection error: kombu gets
+        # one URL (`app.py`), and the Sentinels, the primary's password and database come
+        # from emailq's settings, as for every other client.
+        params = self._connparams(asynchronous)
+        for name in ("host", "port", "username", "password", "db"):
+            params.pop(name, None)
+        manager, pool = primary_pool(get_settings(), **params)
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        return pool
+
+
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
