@@ -18,6 +18,7 @@ dev: install
 
 test: install
 	$(VENV)/bin/ruff check producer worker tests benchmarks
+	$(VENV)/bin/ruff format --check producer worker tests benchmarks
 	$(PY) -m pytest
 
 bench: install

@@ -55,8 +55,9 @@ class CeleryCell(Cell):
 
     task: str
 
-    def __init__(self, latency_ms: float, endpoint: Endpoint, redis_server: RedisServer, db: int,
-                 workdir: Path, argv: list[str], env: dict[str, str]):
+    def __init__(
+        self, latency_ms: float, endpoint: Endpoint, redis_server: RedisServer, db: int, workdir: Path, argv: list[str], env: dict[str, str]
+    ):
         super().__init__(latency_ms, endpoint)
         self.queue = f"bench-{self.name}"
         self.redis = redis_server.client(db)
@@ -64,10 +65,7 @@ class CeleryCell(Cell):
         self.proc = Proc(self.key, [str(BIN / "celery"), *argv, "--queues", self.queue], env, workdir)
 
     def prepare(self, bids: list[str]) -> list[Any]:
-        return [
-            (bid, celery_message(self.task, [email_body(bid, i)], self.queue))
-            for i, bid in enumerate(bids)
-        ]
+        return [(bid, celery_message(self.task, [email_body(bid, i)], self.queue)) for i, bid in enumerate(bids)]
 
     def enqueue(self, prepared: list[Any]) -> tuple[list[str], float]:
         at = time.time()
@@ -90,8 +88,7 @@ class Naive(CeleryCell):
 
     def __init__(self, latency_ms, endpoint, redis_server, db, workdir):
         argv = ["-A", "benchmarks.naive:app", "worker", f"--concurrency={CORES}"]
-        super().__init__(latency_ms, endpoint, redis_server, db, workdir, argv,
-                         {"BENCH_ENDPOINT_URL": endpoint.url})
+        super().__init__(latency_ms, endpoint, redis_server, db, workdir, argv, {"BENCH_ENDPOINT_URL": endpoint.url})
 
 
 class FloorPrefork(CeleryCell):
@@ -102,11 +99,19 @@ class FloorPrefork(CeleryCell):
     def __init__(self, latency_ms, endpoint, redis_server, db, workdir):
         records = workdir / f"records-{self.name}-{latency_ms:g}"
         argv = ["-A", "benchmarks.floor:app", "worker", f"--concurrency={CORES}"]
-        super().__init__(latency_ms, endpoint, redis_server, db, workdir, argv, {
-            "BENCH_FLOOR_CONFIG": "celery",
-            "BENCH_SLEEP_SECONDS": str(latency_ms / 1000),
-            "BENCH_RECORD_DIR": str(records),
-        })
+        super().__init__(
+            latency_ms,
+            endpoint,
+            redis_server,
+            db,
+            workdir,
+            argv,
+            {
+                "BENCH_FLOOR_CONFIG": "celery",
+                "BENCH_SLEEP_SECONDS": str(latency_ms / 1000),
+                "BENCH_RECORD_DIR": str(records),
+            },
+        )
         self.sink = FileSink(records)
 
 
@@ -126,20 +131,35 @@ class FloorThreads(CeleryCell):
     label = "Celery floor, emailq's setup (no HTTP)"
     task = FLOOR_TASK
 
-    def __init__(self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(),
-                 name=None, label=None):
+    def __init__(self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(), name=None, label=None):
         self.name, self.label = name or self.name, label or self.label
         records = workdir / f"records-{self.name}-{latency_ms:g}"
         concurrency = (extra_env or {}).get("EMAILQ_CONCURRENCY", "64")
-        argv = ["-A", "benchmarks.floor:app", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
-                "--without-gossip", "--without-mingle", *extra_args]
+        argv = [
+            "-A",
+            "benchmarks.floor:app",
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            *extra_args,
+        ]
         env = emailq_env(redis_server, db, f"bench-{self.name}", workdir, **(extra_env or {}))
-        super().__init__(latency_ms, endpoint, redis_server, db, workdir, argv, {
-            **env,
-            "BENCH_FLOOR_CONFIG": "emailq",
-            "BENCH_SLEEP_SECONDS": str(latency_ms / 1000),
-            "BENCH_RECORD_DIR": str(records),
-        })
+        super().__init__(
+            latency_ms,
+            endpoint,
+            redis_server,
+            db,
+            workdir,
+            argv,
+            {
+                **env,
+                "BENCH_FLOOR_CONFIG": "emailq",
+                "BENCH_SLEEP_SECONDS": str(latency_ms / 1000),
+                "BENCH_RECORD_DIR": str(records),
+            },
+        )
         self.sink = FileSink(records)
 
 
@@ -149,13 +169,11 @@ class Emailq(Cell):
     name = "emailq"
     label = "emailq worker (defaults)"
 
-    def __init__(self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(),
-                 name=None, label=None, patched=False):
+    def __init__(self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(), name=None, label=None, patched=False):
         super().__init__(latency_ms, endpoint)
         self.name, self.label = name or self.name, label or self.label
         queue = f"bench-{self.name}"
-        env = emailq_env(redis_server, db, queue, workdir, EMAILQ_ENDPOINT_URL=endpoint.url,
-                         **(extra_env or {}))
+        env = emailq_env(redis_server, db, queue, workdir, EMAILQ_ENDPOINT_URL=endpoint.url, **(extra_env or {}))
         self.producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=queue))
         # `patched`: benchmarks.experiments.emailq_patched, for experiments that no setting can make.
         command = [PYTHON, "-m", "benchmarks.experiments.emailq_patched"] if patched else [str(BIN / "emailq")]
@@ -184,9 +202,25 @@ class Limit(Cell):
 
     def start(self, prefix: str, n: int, rate: float = 0.0) -> Proc:
         """Start one run; `result()` waits for it."""
-        argv = [PYTHON, "-m", "benchmarks.limit", "--url", self.endpoint.url, "--n", str(n),
-                "--prefix", prefix, "--client", self.client, "--loop", self.loop,
-                "--concurrency", str(self.concurrency), "--rate", str(rate)]
+        argv = [
+            PYTHON,
+            "-m",
+            "benchmarks.limit",
+            "--url",
+            self.endpoint.url,
+            "--n",
+            str(n),
+            "--prefix",
+            prefix,
+            "--client",
+            self.client,
+            "--loop",
+            self.loop,
+            "--concurrency",
+            str(self.concurrency),
+            "--rate",
+            str(rate),
+        ]
         self.proc = Proc(self.key, argv, clean_env(), self.workdir)
         return self.proc
 

@@ -26,7 +26,7 @@ import zlib
 
 _UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
 _BROKEN = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
-_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
+_OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 _BID = b'"bid":"'
 
 
@@ -51,15 +51,11 @@ class Records:
 
 
 def _reply(status: str, body: bytes) -> bytes:
-    return (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, records: Records, latency: float, loop: asyncio.AbstractEventLoop,
-                 fail_share: float = 0.0, fail_key_share: float = 0.0):
+    def __init__(self, records: Records, latency: float, loop: asyncio.AbstractEventLoop, fail_share: float = 0.0, fail_key_share: float = 0.0):
         self.records = records
         self.latency = latency
         self.fail_share = fail_share
@@ -141,9 +137,7 @@ class HttpProtocol(asyncio.Protocol):
 async def serve(port: int, latency: float, fail_share: float, fail_key_share: float) -> None:
     loop = asyncio.get_running_loop()
     records = Records()
-    server = await loop.create_server(
-        lambda: HttpProtocol(records, latency, loop, fail_share, fail_key_share), "127.0.0.1", port, backlog=4096
-    )
+    server = await loop.create_server(lambda: HttpProtocol(records, latency, loop, fail_share, fail_key_share), "127.0.0.1", port, backlog=4096)
     print(f"listening on 127.0.0.1:{port}", flush=True)
     async with server:
         await server.serve_forever()

@@ -61,7 +61,11 @@ class Proc:
         self.log = workdir / f"{name}.log"
         self._out = self.log.open("wb")
         self.popen = subprocess.Popen(
-            argv, env=env, cwd=workdir, stdout=self._out, stderr=subprocess.STDOUT,
+            argv,
+            env=env,
+            cwd=workdir,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.ps = psutil.Process(self.popen.pid)
@@ -115,9 +119,23 @@ class RedisServer:
         self.port = free_port()
         self.proc = Proc(
             "redis",
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(workdir), "--save", "", "--appendonly", "no", "--databases", "64"],
-            clean_env(), workdir,
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                "64",
+            ],
+            clean_env(),
+            workdir,
         )
         wait_for(self._answers, 10, "redis-server to start")
 
@@ -147,9 +165,21 @@ class Endpoint:
         self.url = f"http://127.0.0.1:{self.port}/send"
         self.proc = Proc(
             f"endpoint-{latency_ms:g}ms-{fail_share:g}-{fail_key_share:g}",
-            [PYTHON, "-m", "benchmarks.endpoint", "--port", str(self.port), "--latency-ms", str(latency_ms),
-             "--fail-share", str(fail_share), "--fail-key-share", str(fail_key_share)],
-            clean_env(), workdir,
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.endpoint",
+                "--port",
+                str(self.port),
+                "--latency-ms",
+                str(latency_ms),
+                "--fail-share",
+                str(fail_share),
+                "--fail-key-share",
+                str(fail_key_share),
+            ],
+            clean_env(),
+            workdir,
         )
         wait_for(self._answers, 10, "the endpoint to start")
 

@@ -21,10 +21,7 @@ CLIENTS = ("aiohttp", "httpx")
 
 
 def _bodies(prefix: str, n: int) -> list[tuple[str, bytes]]:
-    return [
-        (f"{prefix}{i}", json.dumps(email_body(f"{prefix}{i}", i), separators=(",", ":")).encode())
-        for i in range(n)
-    ]
+    return [(f"{prefix}{i}", json.dumps(email_body(f"{prefix}{i}", i), separators=(",", ":")).encode()) for i in range(n)]
 
 
 def _poster(client: str, url: str, concurrency: int):
@@ -34,9 +31,7 @@ def _poster(client: str, url: str, concurrency: int):
 
         class Aiohttp:
             async def __aenter__(self):
-                self.session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=concurrency)
-                )
+                self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
                 return self.post
 
             async def __aexit__(self, *exc):
@@ -53,9 +48,7 @@ def _poster(client: str, url: str, concurrency: int):
 
     class Httpx:
         async def __aenter__(self):
-            self.client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-            )
+            self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
             return self.post
 
         async def __aexit__(self, *exc):

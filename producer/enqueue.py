@@ -150,14 +150,20 @@ class Producer:
         digest = _digest(checked)
         keys, lane = Keys(self.settings.queue), self._lane(envelope)
         record = self._write(
-            [(
-                "EVAL", _ENQUEUE_ONCE, 3,
-                keys.idempotency(hashlib.sha256(key.encode()).hexdigest()), lane, keys.wake,
-                f"{digest} {envelope.id}",
-                max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
-                task_message(envelope, lane),
-                WAKE_TOKENS_KEPT,
-            )],
+            [
+                (
+                    "EVAL",
+                    _ENQUEUE_ONCE,
+                    3,
+                    keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
+                    lane,
+                    keys.wake,
+                    f"{digest} {envelope.id}",
+                    max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
+                    task_message(envelope, lane),
+                    WAKE_TOKENS_KEPT,
+                )
+            ],
             ids=[envelope.id],
         )
         if record is None:
@@ -177,9 +183,7 @@ class Producer:
         for lane, message in messages:
             lanes.setdefault(lane, []).append(message)
         # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
-        chunks = [
-            ("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)
-        ]
+        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
         wake = Keys(self.settings.queue).wake
         tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
         commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
@@ -260,10 +264,7 @@ def _refused(error: Exception) -> str:
 
 def _maybe_enqueued(error: Exception, ids: list[str]) -> str:
     what = f"email {ids[0]}" if len(ids) == 1 else f"the {len(ids)} emails" if ids else "the emails"
-    return (
-        f"Redis did not answer after the write was sent ({error}): {what} may have been "
-        "enqueued; sending again may deliver twice"
-    )
+    return f"Redis did not answer after the write was sent ({error}): {what} may have been enqueued; sending again may deliver twice"
 
 
 def _unconfirmed(confirmed: int, wanted: int, timeout: float, ids: list[str]) -> str:

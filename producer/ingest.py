@@ -83,15 +83,9 @@ def _unavailable(error: QueueUnavailable, keyed: bool) -> str:
 def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     producer = producer or Producer(settings)
     metrics.watch_depths(producer.redis, settings.queue)
-    expected = (
-        settings.ingest_authorization.get_secret_value().encode()
-        if settings.ingest_authorization
-        else None
-    )
+    expected = settings.ingest_authorization.get_secret_value().encode() if settings.ingest_authorization else None
     if expected is None:
-        log.warning(
-            "EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email"
-        )
+        log.warning("EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email")
     limit = settings.max_message_bytes + _BODY_SLACK
     app = FastAPI(
         title="emailq ingest",
@@ -111,15 +105,13 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
             },
         },
         responses={
-            202: {"description": "Queued (or already queued under this Idempotency-Key); the id "
-                  "is the Idempotency-Key the endpoint will see"},
+            202: {"description": "Queued (or already queued under this Idempotency-Key); the id is the Idempotency-Key the endpoint will see"},
             400: {"description": "Not JSON, or a malformed Idempotency-Key"},
             401: {"description": "Wrong or missing Authorization"},
             409: {"description": "Idempotency-Key already used for a different email"},
             413: {"description": "Body too large"},
             422: {"description": "Not a valid email"},
-            503: {"description": "Queue unavailable; retry (with the same Idempotency-Key if the "
-                  "error says the email may have been enqueued)"},
+            503: {"description": "Queue unavailable; retry (with the same Idempotency-Key if the error says the email may have been enqueued)"},
         },
     )
     async def send(request: Request) -> Response:
@@ -163,8 +155,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: Redis reachable and not full",
-             responses={503: {"description": "Redis unreachable or full"}})
+    @app.get("/readyz", summary="Readiness: Redis reachable and not full", responses={503: {"description": "Redis unreachable or full"}})
     def readyz() -> Response:
         problem = _unready(producer)
         if problem is None:

@@ -10,9 +10,7 @@ from emailq.errors import InvalidMessage
 from emailq.message import Email
 
 
-def read_emails(
-    lines: Iterable[bytes], validate: Callable[[Any], Email]
-) -> tuple[list[Email], list[str]]:
+def read_emails(lines: Iterable[bytes], validate: Callable[[Any], Email]) -> tuple[list[Email], list[str]]:
     """Every email in `lines`, and a problem for every bad line ("line N: ..."); blank
     lines are skipped. The caller enqueues nothing unless the problem list is empty."""
     emails: list[Email] = []

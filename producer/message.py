@@ -81,9 +81,7 @@ class Email(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-def parse_email(
-    data: Any, *, allow_any_type: bool = False, max_bytes: int | None = None
-) -> Email:
+def parse_email(data: Any, *, allow_any_type: bool = False, max_bytes: int | None = None) -> Email:
     """Validate one `SendMessageData`; raises InvalidMessage listing every fault."""
     if not isinstance(data, dict):
         raise InvalidMessage([f"must be a JSON object, got {_json_kind(data)}"])
@@ -101,9 +99,7 @@ def parse_email(
     if max_bytes is not None:
         size = len(json.dumps(email.body(), separators=(",", ":")).encode())
         if size > max_bytes:
-            raise InvalidMessage(
-                [f"message is {size} bytes, over the limit of {max_bytes} (EMAILQ_MAX_MESSAGE_BYTES)"]
-            )
+            raise InvalidMessage([f"message is {size} bytes, over the limit of {max_bytes} (EMAILQ_MAX_MESSAGE_BYTES)"])
     return email
 
 
@@ -122,9 +118,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _json_kind(value: Any) -> str:
-    return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(
-        type(value), "a number"
-    )
+    return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), "a number")
 
 
 # The envelope's format: 2 since it carries its attempt history; envelopes without `v`
@@ -178,8 +172,5 @@ class Envelope(BaseModel):
 
 def masked(body: dict[str, Any]) -> dict[str, Any]:
     """A copy of an email body safe to show: one-time codes and links replaced."""
-    payload = {
-        key: ("***" if key in SECRET_PAYLOAD_KEYS else value)
-        for key, value in body.get("payload", {}).items()
-    }
+    payload = {key: ("***" if key in SECRET_PAYLOAD_KEYS else value) for key, value in body.get("payload", {}).items()}
     return {**body, "payload": payload}

@@ -20,23 +20,17 @@ from emailq.keys import Keys
 REGISTRY = CollectorRegistry(auto_describe=False)
 
 ENQUEUED = Counter("emailq_enqueued", "Emails accepted onto the queue.", ["source"], registry=REGISTRY)
-REJECTED_INPUT = Counter(
-    "emailq_ingest_rejected", "Ingest requests refused, by HTTP status.", ["status"], registry=REGISTRY
-)
+REJECTED_INPUT = Counter("emailq_ingest_rejected", "Ingest requests refused, by HTTP status.", ["status"], registry=REGISTRY)
 DELIVERED = Counter("emailq_delivered", "Emails the endpoint accepted (2xx).", registry=REGISTRY)
 RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retried.", registry=REGISTRY)
-DEAD_LETTERED = Counter(
-    "emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY
-)
+DEAD_LETTERED = Counter("emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY)
 DLQ_DROPPED = Counter(
     "emailq_dlq_dropped",
     "Dead letters dropped by the retention policy, by why: count or age.",
     ["why"],
     registry=REGISTRY,
 )
-BREAKER_OPEN = Gauge(
-    "emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY
-)
+BREAKER_OPEN = Gauge("emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY)
 DELIVERY_SECONDS = Histogram(
     "emailq_delivery_seconds",
     "From enqueue to the endpoint's 2xx.",
@@ -61,9 +55,7 @@ class DepthCollector(Collector):
         depth.add_metric(["interactive"], now.queued - now.queued_bulk)
         depth.add_metric(["bulk"], now.queued_bulk)
         yield depth
-        oldest = GaugeMetricFamily(
-            "emailq_queue_oldest_seconds", "Age of the oldest email waiting, by lane.", labels=["lane"]
-        )
+        oldest = GaugeMetricFamily("emailq_queue_oldest_seconds", "Age of the oldest email waiting, by lane.", labels=["lane"])
         keys = Keys(self._queue)
         try:
             oldest.add_metric(["interactive"], census.oldest_age(self._redis, keys.queue))

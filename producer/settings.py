@@ -117,9 +117,7 @@ class SentinelUrl:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True)
 
     # Where the queue and the DLQ live: redis://, rediss://, or Celery's
     # sentinel://host:port;sentinel://… (with redis_sentinel_master). Unset: the embedded
@@ -262,8 +260,7 @@ class Settings(BaseSettings):
         sentinel = isinstance(self.redis_url, SentinelUrl)
         if sentinel and self.redis_sentinel_master is None:
             raise ValueError(
-                "EMAILQ_REDIS_SENTINEL_MASTER: required with a sentinel:// EMAILQ_REDIS_URL "
-                "(the service name of `sentinel monitor <name> …`)"
+                "EMAILQ_REDIS_SENTINEL_MASTER: required with a sentinel:// EMAILQ_REDIS_URL (the service name of `sentinel monitor <name> …`)"
             )
         for name in ("redis_sentinel_master", "redis_sentinel_password"):
             if not sentinel and getattr(self, name) is not None:
@@ -322,8 +319,7 @@ def _check_header_value(value: str) -> None:
     if not _HEADER_VALUE.fullmatch(value):
         bad = next(i for i, char in enumerate(value) if not _HEADER_VALUE.fullmatch(char))
         raise ValueError(
-            "must be printable ASCII, as an HTTP header value is (no line breaks, control or "
-            f"non-ASCII characters): character {bad + 1} is not"
+            f"must be printable ASCII, as an HTTP header value is (no line breaks, control or non-ASCII characters): character {bad + 1} is not"
         )
 
 

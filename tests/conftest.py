@@ -64,12 +64,18 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--save", "",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -330,9 +336,7 @@ def start_worker(settings_env: dict[str, str], tmp_path: Path) -> Iterator[Calla
     started: list[Worker] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> Worker:
-        worker = Worker(
-            {**settings_env, **(env or {})}, tmp_path, tmp_path / f"worker{len(started)}.log", list(args)
-        )
+        worker = Worker({**settings_env, **(env or {})}, tmp_path, tmp_path / f"worker{len(started)}.log", list(args))
         started.append(worker)
         return worker
 

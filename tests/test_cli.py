@@ -78,10 +78,7 @@ def test_send_passes_ip_through(settings_env, redis_client, tmp_path):
 
 
 def test_send_file_queues_every_line_and_prints_every_id(settings_env, redis_client, tmp_path):
-    emails = [
-        {"to": f"user{n}@example.com", "type": "Register", "payload": {"code": f"00000{n}"}}
-        for n in range(3)
-    ]
+    emails = [{"to": f"user{n}@example.com", "type": "Register", "payload": {"code": f"00000{n}"}} for n in range(3)]
     path = tmp_path / "emails.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in emails))
 
@@ -113,9 +110,7 @@ def test_send_file_from_stdin(settings_env, redis_client, tmp_path):
     assert redis_client.llen("emailq") == 2
 
 
-def test_send_file_reports_every_bad_line_by_number_and_queues_nothing(
-    settings_env, redis_client, tmp_path
-):
+def test_send_file_reports_every_bad_line_by_number_and_queues_nothing(settings_env, redis_client, tmp_path):
     good = json.dumps(SIGN_IN).encode()
     path = tmp_path / "emails.jsonl"
     path.write_bytes(

@@ -39,9 +39,7 @@ def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_work
     assert_one_home(redis_client)
 
 
-def test_email_moved_by_a_worker_that_died_before_anything_else_comes_back(
-    producer, endpoint, start_worker, redis_client, defaults_env
-):
+def test_email_moved_by_a_worker_that_died_before_anything_else_comes_back(producer, endpoint, start_worker, redis_client, defaults_env):
     # The narrowest crash window: BLMOVE put the email on the dead worker's in-flight list
     # and the worker died before its task ran. Set that state up exactly.
     message_id = producer.send(SIGN_IN)

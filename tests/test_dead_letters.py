@@ -101,9 +101,7 @@ def test_dlq_list_of_an_empty_dlq(settings_env, redis_client, tmp_path):
     assert json.loads(result.stdout) == []
 
 
-def test_codes_are_masked_unless_revealed_and_the_authorization_never_shows(
-    dead_lettered, endpoint, env, tmp_path
-):
+def test_codes_are_masked_unless_revealed_and_the_authorization_never_shows(dead_lettered, endpoint, env, tmp_path):
     [message_id] = dead_lettered(1)
     assert endpoint.received[0].headers["authorization"] == SECRET  # it was sent...
 
@@ -134,9 +132,7 @@ def test_codes_are_masked_unless_revealed_and_the_authorization_never_shows(
 # --- replay -------------------------------------------------------------------------
 
 
-def test_replay_delivers_with_the_same_idempotency_key_and_leaves_the_dlq(
-    dead_lettered, endpoint, env, tmp_path, redis_client
-):
+def test_replay_delivers_with_the_same_idempotency_key_and_leaves_the_dlq(dead_lettered, endpoint, env, tmp_path, redis_client):
     first, second = dead_lettered(2)
     endpoint.behave = lambda headers, body: Reply(200)
 
@@ -249,9 +245,7 @@ def test_replay_and_purge_need_ids_or_all_but_not_both(settings_env, redis_clien
 # --- status -------------------------------------------------------------------------
 
 
-def test_status_shows_queued_dead_lettered_and_workers_online(
-    dead_lettered, producer, endpoint, env, tmp_path
-):
+def test_status_shows_queued_dead_lettered_and_workers_online(dead_lettered, producer, endpoint, env, tmp_path):
     dead_lettered(2)
     # The worker (one delivery at a time, prefetch 1) is held on the next email, so the
     # ones after it stay queued while we look.

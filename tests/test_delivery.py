@@ -129,9 +129,7 @@ def test_expired_message_is_not_sent(settings_env, endpoint, start_worker, redis
     assert endpoint.received == []
 
 
-def test_malformed_messages_are_dead_lettered_and_the_worker_carries_on(
-    producer, endpoint, start_worker, redis_client
-):
+def test_malformed_messages_are_dead_lettered_and_the_worker_carries_on(producer, endpoint, start_worker, redis_client):
     redis_client.lpush("emailq", b"\xff not even json")
     bad_envelope = producer.settings.model_copy()  # any object; we only need the queue name
     from emailq.message import Email, Envelope
@@ -173,9 +171,7 @@ def _queue_raw_envelope(redis_client, queue: str, envelope: dict) -> None:
     ],
     ids=["not-one-address", "id-with-line-break"],
 )
-def test_a_queued_email_the_worker_would_not_send_is_dead_lettered_unsent(
-    producer, endpoint, start_worker, redis_client, change
-):
+def test_a_queued_email_the_worker_would_not_send_is_dead_lettered_unsent(producer, endpoint, start_worker, redis_client, change):
     # Written straight to Redis, past the producer's checks.
     valid = {"id": "raw-1", "created_at": time.time(), "expires_at": time.time() + 60, "message": SIGN_IN}
     _queue_raw_envelope(redis_client, producer.settings.queue, {**valid, **change})

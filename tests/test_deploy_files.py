@@ -181,7 +181,7 @@ def test_every_emailq_invocation_is_a_real_command(where: str, argv: list[str]) 
         path = argv[: len(path) + 1]
         cmd = command(path)
     # Parses the flags as `emailq` would, without running anything: a wrong flag fails here.
-    ctx = cmd.make_context(f"emailq {' '.join(path)}", argv[len(path):])
+    ctx = cmd.make_context(f"emailq {' '.join(path)}", argv[len(path) :])
     # `worker` and `flower` hand unknown flags on to Celery or Flower, which would only
     # refuse them at start: check those against what Celery and Flower accept.
     passed_on = [arg.split("=")[0] for arg in ctx.args if arg.startswith("-")]
@@ -393,7 +393,9 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
         (tmp_path / path.name.replace("@.", "@1.")).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in tmp_path.iterdir())],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     output = [line for line in (result.stdout + result.stderr).splitlines() if "emailq" in line]
     assert result.returncode == 0 and output == [], result.stdout + result.stderr
@@ -428,8 +430,9 @@ def test_redis_server_runs_with_redis_conf(tmp_path: Path) -> None:
     conf = tmp_path / "redis.conf"
     conf.write_text(re.sub(r"(?m)^dir .*$", f"dir {tmp_path}", (DEPLOY / "redis.conf").read_text()))
     port = free_port()
-    server = subprocess.Popen([redis_server_binary(), str(conf), "--port", str(port), "--requirepass", "pw"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [redis_server_binary(), str(conf), "--port", str(port), "--requirepass", "pw"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         client = redis.Redis(port=port, password="pw")
         wait_for(lambda: server.poll() is not None or _answers(client), 10, "redis-server with deploy/redis.conf")
@@ -447,15 +450,24 @@ def test_redis_server_runs_with_redis_conf(tmp_path: Path) -> None:
 )
 @pytest.mark.parametrize("file", COMPOSE_FILES.values())
 def test_docker_compose_accepts_the_file(tmp_path: Path, file: str) -> None:
-    required = {"REDIS_PASSWORD": "pw", "EMAILQ_ENDPOINT_URL": "https://example.com/send",
-                "EMAILQ_INGEST_AUTHORIZATION": "Bearer x", "EMAILQ_FLOWER_BASIC_AUTH": "admin:pw"}
+    required = {
+        "REDIS_PASSWORD": "pw",
+        "EMAILQ_ENDPOINT_URL": "https://example.com/send",
+        "EMAILQ_INGEST_AUTHORIZATION": "Bearer x",
+        "EMAILQ_FLOWER_BASIC_AUTH": "admin:pw",
+    }
     env = {k: v for k, v in os.environ.items() if k not in required}
 
     def config(values: dict[str, str]) -> subprocess.CompletedProcess:
         env_file = tmp_path / "compose.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        return subprocess.run(["docker", "compose", "--env-file", str(env_file), "-f", str(DEPLOY / file),
-                               "config", "--quiet"], capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(
+            ["docker", "compose", "--env-file", str(env_file), "-f", str(DEPLOY / file), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     assert config(required).returncode == 0
     without_auth = config({k: v for k, v in required.items() if k != "EMAILQ_FLOWER_BASIC_AUTH"})
@@ -487,7 +499,8 @@ def test_sentinel_compose_settings_name_its_sentinels_and_service() -> None:
     servers = {name: s for name, s in services.items() if s.get("command", [None])[0] == "redis-server"}
     replicas = {name for name, s in servers.items() if "--replicaof" in s["command"]}
     assert len(servers) - len(replicas) == 1 and len(replicas) > parsed.redis_min_replicas, (
-        "one primary, and more replicas than must confirm, so that one may be down")
+        "one primary, and more replicas than must confirm, so that one may be down"
+    )
     primary = (set(servers) - replicas).pop()
     assert {s["environment"]["SENTINEL_PRIMARY"] for s in sentinels.values()} == {primary}
     for name, server in servers.items():
@@ -505,8 +518,14 @@ def test_sentinel_sh_writes_a_config_redis_sentinel_runs(tmp_path: Path) -> None
     fake.parent.mkdir()
     fake.write_text(f'#!/bin/sh\nexec {redis_server_binary()} "$1" --sentinel --port {port} --bind 127.0.0.1\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "SENTINEL_CONF": str(tmp_path / "sentinel.conf"),
-           "SENTINEL_MASTER": "emailq", "SENTINEL_PRIMARY": "127.0.0.1", "REDIS_PASSWORD": "pw", "DOWN_AFTER": "5000"}
+    env = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "SENTINEL_CONF": str(tmp_path / "sentinel.conf"),
+        "SENTINEL_MASTER": "emailq",
+        "SENTINEL_PRIMARY": "127.0.0.1",
+        "REDIS_PASSWORD": "pw",
+        "DOWN_AFTER": "5000",
+    }
     process = subprocess.Popen(["sh", str(DEPLOY / "sentinel.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         client = redis.Redis(port=port)

@@ -30,6 +30,7 @@ def test_dev_delivers_a_first_email_and_stops_on_ctrl_c(data_dir: Path, tmp_path
         start_new_session=True,  # its own process group, as a shell gives a foreground job
     )
     try:
+
         def ready(url: str) -> bool:
             assert process.poll() is None, log.read_text()
             try:
@@ -47,8 +48,9 @@ def test_dev_delivers_a_first_email_and_stops_on_ctrl_c(data_dir: Path, tmp_path
         answer = httpx.post(f"http://127.0.0.1:{ingest}/", json=SIGN_IN)
         assert answer.status_code == 202
         message_id = answer.json()["id"]
-        wait_for(lambda: f"[endpoint] email {message_id}: to=you@example.com type=SignIn" in log.read_text(),
-                 60, "the printing endpoint to show the email")
+        wait_for(
+            lambda: f"[endpoint] email {message_id}: to=you@example.com type=SignIn" in log.read_text(), 60, "the printing endpoint to show the email"
+        )
         wait_for(lambda: f"[worker]   delivered {message_id}" in log.read_text(), 10, "one line for the delivery")
         shown = log.read_text()
         assert f"[ingest]   enqueued {message_id}" in shown

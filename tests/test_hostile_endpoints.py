@@ -139,8 +139,13 @@ def deliverer(request) -> Iterator[Callable[..., Deliverer]]:
 
     def make(url: str, **settings: Any) -> Deliverer:
         tuned = Settings(
-            _env_file=None, endpoint_url=url, max_attempts=3, retry_base_seconds=0.05,
-            retry_max_seconds=1, concurrency=4, **settings,
+            _env_file=None,
+            endpoint_url=url,
+            max_attempts=3,
+            retry_base_seconds=0.05,
+            retry_max_seconds=1,
+            concurrency=4,
+            **settings,
         )
         built.append(Deliverer(tuned, client=build_client(tuned.model_copy(update={"http_client": request.param}))))
         return built[-1]

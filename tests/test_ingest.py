@@ -118,9 +118,7 @@ def test_bad_input_is_refused_with_a_clear_json_error(ingest, redis_client, body
 
 
 def test_invalid_email_lists_each_problem(ingest):
-    response = ingest.post(
-        json.dumps({"to": "nobody", "type": "Nope", "payload": []}).encode(), {"Authorization": TOKEN}
-    )
+    response = ingest.post(json.dumps({"to": "nobody", "type": "Nope", "payload": []}).encode(), {"Authorization": TOKEN})
     assert response.status_code == 422
     problems = " ".join(response.json()["problems"])
     assert "to:" in problems and "payload:" in problems
@@ -211,9 +209,7 @@ def test_an_invalid_email_under_a_key_is_422_and_leaves_the_key_free(ingest, red
     assert redis_client.llen("emailq") == 1
 
 
-def test_a_busy_redis_is_503_may_have_been_enqueued_and_a_retry_with_the_key_sends_once(
-    settings_env, redis_server, redis_client, tmp_path
-):
+def test_a_busy_redis_is_503_may_have_been_enqueued_and_a_retry_with_the_key_sends_once(settings_env, redis_server, redis_client, tmp_path):
     # Issue 9: a Redis busy for 2 s answered 503 "nothing was enqueued" while the email
     # was; Logto retried and the user got two emails under different ids.
     env = {**settings_env, "EMAILQ_INGEST_AUTHORIZATION": TOKEN, "EMAILQ_REDIS_TIMEOUT": "0.3"}

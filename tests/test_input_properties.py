@@ -23,13 +23,11 @@ payloads = st.dictionaries(
     json_values,
     max_size=5,
 ).flatmap(
-    lambda extra: st.fixed_dictionaries(
-        {}, optional={"code": st.text(max_size=12), "link": st.text(max_size=40), "locale": st.text(max_size=5)}
-    ).map(lambda known: {**extra, **known})
+    lambda extra: st.fixed_dictionaries({}, optional={"code": st.text(max_size=12), "link": st.text(max_size=40), "locale": st.text(max_size=5)}).map(
+        lambda known: {**extra, **known}
+    )
 )
-valid_messages = st.fixed_dictionaries(
-    {"to": addresses, "type": st.sampled_from(sorted(TEMPLATE_TYPES)), "payload": payloads}
-)
+valid_messages = st.fixed_dictionaries({"to": addresses, "type": st.sampled_from(sorted(TEMPLATE_TYPES)), "payload": payloads})
 
 
 @given(json_values)

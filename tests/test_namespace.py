@@ -8,8 +8,10 @@ import sys
 
 from conftest import wait_for
 
-SHADOWS = {"worker.py": "raise SystemExit('the app’s own worker.py was imported')\n",
-           "producer.py": "raise SystemExit('the app’s own producer.py was imported')\n"}
+SHADOWS = {
+    "worker.py": "raise SystemExit('the app’s own worker.py was imported')\n",
+    "producer.py": "raise SystemExit('the app’s own producer.py was imported')\n",
+}
 
 
 def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_path, producer, endpoint, start_worker):
@@ -17,7 +19,10 @@ def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_
         (tmp_path / name).write_text(text)
     api = subprocess.run(
         [sys.executable, "-c", "from emailq import send_email, send_many, Producer, InvalidMessage, QueueUnavailable"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert api.returncode == 0, api.stderr
 
@@ -29,6 +34,9 @@ def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_
 def test_nothing_installs_top_level_worker_or_producer(tmp_path):
     found = subprocess.run(
         [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('worker'), u.find_spec('producer'))"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert found.stdout.strip() == "None None", found.stdout + found.stderr

@@ -105,9 +105,7 @@ def test_send_many_is_consumed_in_input_order(producer, redis_client):
     assert [e["message"] for e in envelopes] == emails
 
 
-def test_a_batch_with_one_bad_item_names_the_index_and_field_and_enqueues_nothing(
-    producer, redis_client
-):
+def test_a_batch_with_one_bad_item_names_the_index_and_field_and_enqueues_nothing(producer, redis_client):
     emails = [email(n) for n in range(10)]
     emails[7] = {**emails[7], "to": "not-an-address"}
 
@@ -259,9 +257,7 @@ def test_email_model_instances_are_accepted(producer, redis_client):
 
 
 def unreachable(settings_env: dict[str, str], url: str) -> emailq.Producer:
-    return emailq.Producer(
-        settings_from({**settings_env, "EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_TIMEOUT": "0.3"})
-    )
+    return emailq.Producer(settings_from({**settings_env, "EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_TIMEOUT": "0.3"}))
 
 
 def assert_fails_fast(p: emailq.Producer) -> None:
@@ -358,8 +354,7 @@ def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_clie
     redis_client.set("filler", b"x" * (2 << 20))
     redis_client.config_set("maxmemory", "1mb")
     try:
-        for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500),
-                        lambda: producer.send_once(SIGN_IN, "key-1")):
+        for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500), lambda: producer.send_once(SIGN_IN, "key-1")):
             with pytest.raises(emailq.QueueUnavailable) as raised:
                 attempt()
             assert raised.value.maybe_enqueued is False
@@ -373,8 +368,7 @@ def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_clie
 
 def test_a_queue_key_of_another_type_is_refused_in_one_line(producer, redis_client):
     redis_client.set("emailq", "not a list")
-    for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500),
-                    lambda: producer.send_once(SIGN_IN, "key-1")):
+    for attempt in (lambda: producer.send(SIGN_IN), lambda: producer.send_many([SIGN_IN] * 1500), lambda: producer.send_once(SIGN_IN, "key-1")):
         with pytest.raises(emailq.QueueUnavailable, match="WRONGTYPE") as raised:
             attempt()
         assert raised.value.maybe_enqueued is False

@@ -32,6 +32,7 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
         "EMAILQ_METRICS_PORT": str(free_port()),
         "EMAILQ_MAX_ATTEMPTS": "2",
     }
+
     # One delivered, one rejected (DLQ), one retried then dead-lettered.
     def behave(headers, body):
         code = json.loads(body)["payload"]["code"]
@@ -42,7 +43,10 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
     flower_log = tmp_path / "flower.log"
     flower = subprocess.Popen(
         [EMAILQ, "flower", "--port", str(flower_port)],
-        env={**os.environ, **env}, cwd=tmp_path, stdout=flower_log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=flower_log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     ingest = Ingest(env, tmp_path)
     worker = start_worker(env={**env, "EMAILQ_LOG_FORMAT": "json"})
@@ -69,8 +73,9 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
         seen.append(httpx.get(ingest.url + "/metrics").text)
         seen.append(httpx.get(f"http://127.0.0.1:{env['EMAILQ_METRICS_PORT']}/metrics").text)
         flower_url = f"http://127.0.0.1:{flower_port}"
-        wait_for(lambda: len(httpx.get(flower_url + "/api/tasks", auth=("ops", FLOWER_PASSWORD)).json()) >= 2,
-                 30, "Flower to see the tasks", interval=0.5)
+        wait_for(
+            lambda: len(httpx.get(flower_url + "/api/tasks", auth=("ops", FLOWER_PASSWORD)).json()) >= 2, 30, "Flower to see the tasks", interval=0.5
+        )
         tasks = httpx.get(flower_url + "/api/tasks", auth=("ops", FLOWER_PASSWORD)).json()
         seen.append(json.dumps(tasks))
         for task_id in tasks:
@@ -85,6 +90,5 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
     seen += [worker.output(), ingest.log.read_text(), flower_log.read_text()]
     everything = "\n".join(seen)
     assert "delivered" in worker.output() and "rejected" in everything  # we looked at real output
-    for secret in [ENDPOINT_AUTH, "endpoint-secret", SIGNING, INGEST_AUTH, "ingest-secret",
-                   FLOWER_PASSWORD, *CODES, "link-secret"]:
+    for secret in [ENDPOINT_AUTH, "endpoint-secret", SIGNING, INGEST_AUTH, "ingest-secret", FLOWER_PASSWORD, *CODES, "link-secret"]:
         assert secret not in everything, f"{secret!r} leaked"

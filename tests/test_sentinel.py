@@ -203,8 +203,11 @@ def ingest_on(tmp_path) -> Iterator[Callable[[dict[str, str]], str]]:
         port = free_port()
         log = tmp_path / "ingest.log"
         process = subprocess.Popen(
-            [EMAILQ, "serve", "--port", str(port)], env={**os.environ, **env}, cwd=tmp_path,
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            [EMAILQ, "serve", "--port", str(port)],
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -320,8 +323,11 @@ def test_a_switch_gives_back_what_a_lost_ack_left_in_a_live_workers_list(cluster
     owner = wait_for(lambda: primary.smembers("emailq:owners"), 10, "the worker to register").pop().decode()
     stray = Envelope.wrap(parse_email(SIGN_IN), 900)
     primary.lpush(f"emailq:inflight:{owner}", task_message(stray, "emailq"))
-    wait_for(lambda: cluster.replicas_in_sync(cluster.primary) == 1 and cluster.replica.client().llen(f"emailq:inflight:{owner}"),
-             10, "the replica to have it")
+    wait_for(
+        lambda: cluster.replicas_in_sync(cluster.primary) == 1 and cluster.replica.client().llen(f"emailq:inflight:{owner}"),
+        10,
+        "the replica to have it",
+    )
 
     # A switch without a crash: the old primary becomes a replica, clients follow.
     cluster.sentinels[0].client.execute_command("SENTINEL", "FAILOVER", MASTER)
@@ -346,9 +352,12 @@ def test_flower_watches_a_sentinel_broker(steady_cluster, settings_env, tmp_path
     process = subprocess.Popen(
         [EMAILQ, "flower", "--port", str(port)],
         env={**os.environ, **settings_env, **cluster.env, "EMAILQ_FLOWER_BASIC_AUTH": "ops:pw"},
-        cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
+
         def queues() -> dict | None:
             assert process.poll() is None, log.read_text()
             try:

@@ -253,8 +253,9 @@ def test_a_sentinel_url_needs_the_service_name(monkeypatch, tmp_path):
 
 def test_a_sentinel_url_names_every_sentinel_and_the_primarys_password():
     url = "sentinel://:hunter2-pw@10.0.0.1:26379/2;sentinel://sentinel-b:26380; sentinel://[::1]:26381"
-    settings = settings_from({"EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_SENTINEL_MASTER": "emailq",
-                              "EMAILQ_REDIS_SENTINEL_PASSWORD": "hunter2-sentinel"})
+    settings = settings_from(
+        {"EMAILQ_REDIS_URL": url, "EMAILQ_REDIS_SENTINEL_MASTER": "emailq", "EMAILQ_REDIS_SENTINEL_PASSWORD": "hunter2-sentinel"}
+    )
     assert settings.redis_url.sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381))
     assert (settings.redis_url.password, settings.redis_url.db) == ("hunter2-pw", 2)
     assert str(settings.redis_url) == url  # what connects keeps the password
@@ -310,9 +311,7 @@ def test_a_secret_that_cannot_work_stops_the_command_at_start(settings_env, tmp_
 # --- the visibility timeout ---------------------------------------------------------
 
 
-def test_visibility_timeout_shorter_than_the_longest_delivery_is_refused(
-    settings_env, redis_client, tmp_path
-):
+def test_visibility_timeout_shorter_than_the_longest_delivery_is_refused(settings_env, redis_client, tmp_path):
     # A worker holds an email for one attempt at most, 2 x EMAILQ_REQUEST_TIMEOUT (20 s) with room.
     env = {**settings_env, "EMAILQ_VISIBILITY_TIMEOUT": "10", "EMAILQ_ENDPOINT_URL": "http://127.0.0.1:9/"}
     for command in (SEND, ["worker"], ["status"]):

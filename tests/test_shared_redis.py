@@ -24,23 +24,28 @@ def record(word):
 """
 
 
-def test_a_plain_celery_app_on_the_same_database_is_unharmed(producer, endpoint, start_worker, redis_server,
-                                                             settings_env, redis_client, tmp_path):
+def test_a_plain_celery_app_on_the_same_database_is_unharmed(producer, endpoint, start_worker, redis_server, settings_env, redis_client, tmp_path):
     out = tmp_path / "plain.out"
     plain_dir = tmp_path / "plain"
     plain_dir.mkdir()
     (plain_dir / "plain.py").write_text(PLAIN_APP.format(url=redis_server.url, out=str(out)))
     plain = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "plain", "worker", "--pool=solo", "-n", "plain@%h"],
-        cwd=plain_dir, env={**os.environ, "PYTHONPATH": str(plain_dir)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=plain_dir,
+        env={**os.environ, "PYTHONPATH": str(plain_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         start_worker()
         ids = producer.send_many([SIGN_IN] * 20)
         sent = subprocess.run(
             [sys.executable, "-c", "import plain; [plain.record.delay(w) for w in ('one', 'two', 'three')]"],
-            cwd=plain_dir, capture_output=True, text=True, timeout=60,
+            cwd=plain_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert sent.returncode == 0, sent.stderr
 

@@ -44,9 +44,19 @@ def test_a_worker_takes_over_what_the_old_layout_left(producer, endpoint, start_
     redis_client.zadd("unacked_index", {"tag-1": 1})
     redis_client.hset("unacked", "other-app", json.dumps([{"body": "x"}, "", "celery"]))
     failed = time.time() - 60  # within the DLQ's retention
-    old_entry = {"id": "old-dead", "reason": "rejected", "detail": "HTTP 400", "status": 400,
-                 "response_excerpt": "", "attempts": 1, "first_attempt_at": failed, "last_attempt_at": failed,
-                 "failed_at": failed, "envelope": None, "raw": "{}"}
+    old_entry = {
+        "id": "old-dead",
+        "reason": "rejected",
+        "detail": "HTTP 400",
+        "status": 400,
+        "response_excerpt": "",
+        "attempts": 1,
+        "first_attempt_at": failed,
+        "last_attempt_at": failed,
+        "failed_at": failed,
+        "envelope": None,
+        "raw": "{}",
+    }
     redis_client.hset(KEYS.dlq, "old-dead", json.dumps(old_entry))
     redis_client.zadd(KEYS.dlq_index, {"old-dead": failed})
 

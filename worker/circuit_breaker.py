@@ -96,8 +96,9 @@ class CircuitBreaker:
                 self._fresh_failures = 0
         if opened:
             log.warning(
-                "endpoint looks down (%d emails failed %d+ times in a row, nothing delivered "
-                "in between): taking no more emails, probing every %.1fs",
-                self.threshold, MIN_FAILED_ATTEMPT, self.probe_seconds,
+                "endpoint looks down (%d emails failed %d+ times in a row, nothing delivered in between): taking no more emails, probing every %.1fs",
+                self.threshold,
+                MIN_FAILED_ATTEMPT,
+                self.probe_seconds,
             )
             self._on_change(True)

@@ -71,7 +71,7 @@ def _require_blmove(settings: Settings) -> None:
 @cli.command()
 @click.option("--to", help="Recipient address.")
 @click.option("--type", "type_", help="Logto template type, e.g. SignIn.")
-@click.option("--payload", default="{}", show_default=True, help="JSON object, e.g. '{\"code\": \"123456\"}'.")
+@click.option("--payload", default="{}", show_default=True, help='JSON object, e.g. \'{"code": "123456"}\'.')
 @click.option("--ip", help="Client IP to pass through.")
 @click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file, one SendMessageData a line ('-' for stdin).")
 @click.option("--bulk", is_flag=True, help="The bulk lane, behind one-time codes (as EMAILQ_BULK_TYPES are).")
@@ -152,13 +152,24 @@ def status(as_json: bool, check: bool) -> None:
 
 def _check(audit: census.Audit, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"ok": audit.ok, **audit.census.as_dict(), "in_two_places": audit.in_two_places,
-                               "orphans": audit.orphans, "awaiting_reclaim": audit.awaiting_reclaim,
-                               "unreadable": audit.unreadable}))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": audit.ok,
+                    **audit.census.as_dict(),
+                    "in_two_places": audit.in_two_places,
+                    "orphans": audit.orphans,
+                    "awaiting_reclaim": audit.awaiting_reclaim,
+                    "unreadable": audit.unreadable,
+                }
+            )
+        )
     else:
         now = audit.census
-        click.echo(f"{now.queued} queued, {now.in_flight} in flight ({now.owners} workers registered), "
-                   f"{now.scheduled} scheduled, {now.dead_lettered} dead-lettered")
+        click.echo(
+            f"{now.queued} queued, {now.in_flight} in flight ({now.owners} workers registered), "
+            f"{now.scheduled} scheduled, {now.dead_lettered} dead-lettered"
+        )
         for message_id, places in sorted(audit.in_two_places.items()):
             click.echo(f"in two places: {message_id}: {', '.join(places)}")
         for key, n in sorted(audit.orphans.items()):
@@ -243,8 +254,13 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 @cli.command()
 @click.option("--ingest-port", default=8025, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--flower-port", default=5555, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--endpoint-port", default=8026, show_default=True, type=click.IntRange(0, 65535),
-              help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.")
+@click.option(
+    "--endpoint-port",
+    default=8026,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The printing endpoint's port, when EMAILQ_ENDPOINT_URL is unset.",
+)
 @click.option("--verbose", is_flag=True, help="Show every part's whole log here, not one line per email.")
 def dev(ingest_port: int, flower_port: int, endpoint_port: int, verbose: bool) -> None:
     """Everything on this machine for a first try: Redis, a worker, the ingest, Flower."""

@@ -41,9 +41,7 @@ def _dead_letter(message: Any, detail: str) -> None:
     headers = message.headers if isinstance(getattr(message, "headers", None), dict) else {}
     raw = message.body
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    entry = DeadLetter(
-        id=str(headers.get("id") or uuid.uuid4()), reason="malformed", detail=detail[:300], raw=text[:RAW_LIMIT]
-    )
+    entry = DeadLetter(id=str(headers.get("id") or uuid.uuid4()), reason="malformed", detail=detail[:300], raw=text[:RAW_LIMIT])
     rt = runtime.get()
     taken = rt.in_flight.get(message.delivery_tag)
     if taken is None or taken.settled:

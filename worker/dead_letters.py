@@ -78,7 +78,9 @@ end
 # than half of it; retention runs last, so a Redis too full for the HSET refuses the add
 # before anything is dropped (a drop is never left unlogged). Returns {added (0: the list
 # no longer held the item), dropped by count, dropped by age}.
-_ADD = _RETAIN + """
+_ADD = (
+    _RETAIN
+    + """
 if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then return {0, 0, 0} end
 local t1, t2 = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
 if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'zset') then
@@ -90,11 +92,15 @@ if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
 local dropped = retain(tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]))
 return {1, dropped[1], dropped[2]}
 """
+)
 
 # KEYS: dlq, index. ARGV: max_entries, cutoff, budget.
-_TRIM = _RETAIN + """
+_TRIM = (
+    _RETAIN
+    + """
 return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
 """
+)
 
 # KEYS: dlq, index, the email's lane, the wake list. ARGV: id, the task message.
 _REPLAY = """
@@ -239,8 +245,13 @@ class DeadLetters:
         metrics.DLQ_DROPPED.labels("age").inc(dropped.by_age)
         log.info(
             "DLQ retention dropped %d entr%s of %s: %d over the %d-entry cap, %d older than %gs",
-            dropped.total, "y" if dropped.total == 1 else "ies", self.key,
-            dropped.by_count, self.max_entries, dropped.by_age, self.max_age_seconds,
+            dropped.total,
+            "y" if dropped.total == 1 else "ies",
+            self.key,
+            dropped.by_count,
+            self.max_entries,
+            dropped.by_age,
+            self.max_age_seconds,
         )
 
     # --- looking --------------------------------------------------------------------
@@ -298,9 +309,7 @@ class DeadLetters:
             seen = {m for m in self._redis.zrevrangebyscore(self.index_key, score, score) if m >= after.encode()}
         while True:
             wanted = BATCH + len(seen)
-            rows = self._redis.zrevrangebyscore(
-                self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True
-            )
+            rows = self._redis.zrevrangebyscore(self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True)
             fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
             if fresh:
                 yield [m.decode() for m, _ in fresh]
@@ -313,8 +322,7 @@ class DeadLetters:
 
     # --- out ------------------------------------------------------------------------
 
-    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None
-               ) -> tuple[int, list[str]]:
+    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, list[str]]:
         """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
         lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
         `BATCH` per round trip, each email moved by one script call of its own. Returns

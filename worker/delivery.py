@@ -79,11 +79,7 @@ class Deliverer:
         self.settings = settings
         self.policy = RetryPolicy(settings)
         self._url = str(settings.endpoint_url)
-        self._keys = (
-            decode_secrets(settings.signing_secret.get_secret_value())
-            if settings.signing_secret
-            else []
-        )
+        self._keys = decode_secrets(settings.signing_secret.get_secret_value()) if settings.signing_secret else []
         self._client = client if client is not None else build_client(settings)
         self._headers = ["Content-Type: application/json", f"User-Agent: {USER_AGENT}"]
         if settings.endpoint_authorization is not None:
@@ -99,7 +95,10 @@ class Deliverer:
             status = self._post(envelope.id, body)
         except RejectedStatus as error:
             return Outcome(
-                reason="rejected", status=error.status, excerpt=error.excerpt, error=f"HTTP {error.status}",
+                reason="rejected",
+                status=error.status,
+                excerpt=error.excerpt,
+                error=f"HTTP {error.status}",
                 attempt={"at": started, "status": error.status},
             )
         except (RetryableStatus, httpx.TransportError) as error:
@@ -124,8 +123,13 @@ class Deliverer:
         # Stopping short of the attempt budget means the next wait would outlive the TTL.
         reason = None if wait is not None else ("exhausted" if number >= self.policy.max_attempts else "expired")
         return Outcome(
-            retry_in=wait, reason=reason, status=status, excerpt=excerpt, error=detail,
-            attempt=attempt, outage=outage,
+            retry_in=wait,
+            reason=reason,
+            status=status,
+            excerpt=excerpt,
+            error=detail,
+            attempt=attempt,
+            outage=outage,
         )
 
     def close(self) -> None:
@@ -136,9 +140,7 @@ class Deliverer:
         if self._keys:
             signed = signature_headers(self._keys, message_id, int(time.time()), body)
             headers.extend(f"{name}: {value}" for name, value in signed.items())
-        answer = self._client.post(
-            self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout
-        )
+        answer = self._client.post(self._url, headers, body, self.settings.connect_timeout, self.settings.request_timeout)
         if 200 <= answer.status < 300:
             return answer.status
         excerpt = _excerpt(answer.body)

@@ -89,13 +89,11 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
         out = None if verbose else (logs / f"{name}.log").open("wb")
         # Each in its own session: Ctrl-C reaches only this process, which then stops each
         # child once, in order, rather than every process catching the signal at once.
-        running[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                         start_new_session=True)
+        running[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
     if not verbose:
         for name in _EVENTS:
             threading.Thread(target=_follow, args=(logs / f"{name}.log", _EVENTS[name]), daemon=True).start()
-    _banner(settings, redis_note, env["EMAILQ_ENDPOINT_URL"], endpoint is not None, ingest_port, flower_port,
-            None if verbose else logs)
+    _banner(settings, redis_note, env["EMAILQ_ENDPOINT_URL"], endpoint is not None, ingest_port, flower_port, None if verbose else logs)
     try:
         while True:
             for name, process in running.items():
@@ -115,12 +113,14 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
             embedded_redis.stop(settings.data_dir)
             click.echo("stopped the embedded Redis (its data stays in the data directory)", err=True)
         elif settings.redis_url is None:
-            click.echo(f"the embedded Redis keeps running (it was running before); stop it with: "
-                       f"redis-cli -u {embedded_redis.running(settings.data_dir)} shutdown", err=True)
+            click.echo(
+                f"the embedded Redis keeps running (it was running before); stop it with: "
+                f"redis-cli -u {embedded_redis.running(settings.data_dir)} shutdown",
+                err=True,
+            )
 
 
-def _banner(settings: Settings, redis_note: str, endpoint_url: str, printing: bool, ingest_port: int,
-            flower_port: int, logs: Path | None) -> None:
+def _banner(settings: Settings, redis_note: str, endpoint_url: str, printing: bool, ingest_port: int, flower_port: int, logs: Path | None) -> None:
     auth = " -H 'Authorization: <EMAILQ_INGEST_AUTHORIZATION>'" if settings.ingest_authorization else ""
     click.secho("\nemailq dev is running (Ctrl-C stops everything):", bold=True)
     click.echo(f"  redis     {redis_note}")
@@ -130,10 +130,10 @@ def _banner(settings: Settings, redis_note: str, endpoint_url: str, printing: bo
     if logs is not None:
         click.echo(f"  logs      {logs}/   (--verbose shows them here)")
     click.echo("\nSend a first email:")
-    click.echo("  emailq send --to you@example.com --type SignIn --payload '{\"code\": \"123456\"}'")
+    click.echo('  emailq send --to you@example.com --type SignIn --payload \'{"code": "123456"}\'')
     click.echo(
         f"  curl -X POST http://{HOST}:{ingest_port}/ -H 'Content-Type: application/json'{auth} "
-        "-d '{\"to\": \"you@example.com\", \"type\": \"SignIn\", \"payload\": {\"code\": \"123456\"}}'\n"
+        '-d \'{"to": "you@example.com", "type": "SignIn", "payload": {"code": "123456"}}\'\n'
     )
 
 

@@ -60,9 +60,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (every entry unless --limit), streamed.")
-@click.option(
-    "--limit", type=click.IntRange(0), help=f"At most N entries; 0: all. Default: {TABLE_LIMIT}, or all with --json."
-)
+@click.option("--limit", type=click.IntRange(0), help=f"At most N entries; 0: all. Default: {TABLE_LIMIT}, or all with --json.")
 @click.option("--after", metavar="ID", help="Only entries listed after ID (older ones): the next page.")
 @click.option("--reason", "reasons", multiple=True, type=click.Choice(REASONS), help="Only this reason; repeatable.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this template type; repeatable.")
@@ -99,8 +97,7 @@ def _print_table(out: TextIO, entries: Iterable[DeadLetter]) -> DeadLetter | Non
         if last is None:
             out.write(f"{'ID':36}  {'FAILED AT (UTC)':19}  {'REASON':9}  {'STATUS':6}  {'ATT':>3}  {'TYPE':16}  TO\n")
         out.write(
-            f"{e.id:36}  {_when(e.failed_at):19}  {e.reason:9}  {str(e.status or '-'):6}  "
-            f"{e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}\n"
+            f"{e.id:36}  {_when(e.failed_at):19}  {e.reason:9}  {str(e.status or '-'):6}  {e.attempts:>3}  {str(e.type or '-'):16}  {e.to or '-'}\n"
         )
         last = e
     return last

@@ -30,9 +30,7 @@ class FailureEvents:
         try:
             with self._lock:
                 if self._dispatcher is None:
-                    self._dispatcher = self._app.events.Dispatcher(
-                        self._app.connection_for_write(), hostname=request.hostname, enabled=True
-                    )
+                    self._dispatcher = self._app.events.Dispatcher(self._app.connection_for_write(), hostname=request.hostname, enabled=True)
                 self._dispatcher.send(
                     "task-received",
                     uuid=request.id,

@@ -177,8 +177,7 @@ class Housekeeper:
                 if item not in self._unknown:
                     unknown.add(item)
                     continue
-                log.warning("an email in %s that this worker has no record of (a lost reply, or an ack a failover "
-                            "lost): back on %s", key, queue)
+                log.warning("an email in %s that this worker has no record of (a lost reply, or an ack a failover lost): back on %s", key, queue)
                 in_flight.give_back(Taken(queue, key, item, None, time.monotonic()))
         self._unknown = unknown
 

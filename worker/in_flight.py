@@ -130,8 +130,7 @@ class InFlight:
         try:
             step(taken)
         except redis.RedisError as error:
-            log.warning("Redis did not take the %s of %s (%s); it stays with this worker and is retried",
-                        what, taken.message_id, error)
+            log.warning("Redis did not take the %s of %s (%s); it stays with this worker and is retried", what, taken.message_id, error)
             with self._lock:
                 self._unfinished.append((what, taken, step))
             return False

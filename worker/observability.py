@@ -19,8 +19,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -66,6 +65,4 @@ def _serve_metrics(**_: Any) -> None:
 
     metrics.watch_depths(runtime.get().redis, settings.queue)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
-    logging.getLogger("emailq.worker").info(
-        "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
-    )
+    logging.getLogger("emailq.worker").info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

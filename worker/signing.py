@@ -27,10 +27,7 @@ def decode_secrets(value: str) -> list[bytes]:
 def signature_headers(keys: list[bytes], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The `webhook-id`, `webhook-timestamp` and `webhook-signature` headers for one request."""
     signed = f"{message_id}.{timestamp}.".encode() + body
-    signatures = " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
+    signatures = " ".join("v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode() for key in keys)
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),

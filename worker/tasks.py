@@ -33,6 +33,7 @@ from emailq.worker.in_flight import Taken
 
 log = logging.getLogger("emailq.worker")
 
+
 class DeadLettered(EmailqError):
     """The email could not be delivered and is now in the dead-letter queue."""
 
@@ -62,8 +63,12 @@ def deliver(task: Any, envelope: Any) -> None:
         log.debug("the unexpected failure of %s", parsed.id, exc_info=True)
         rt.breaker.skipped()
         entry = DeadLetter(
-            id=parsed.id, reason="error", detail=detail,
-            attempts=parsed.attempts, history=parsed.history, envelope=parsed.dump(),
+            id=parsed.id,
+            reason="error",
+            detail=detail,
+            attempts=parsed.attempts,
+            history=parsed.history,
+            envelope=parsed.dump(),
         )
         _dead_letter(task, taken, entry)
         return
@@ -94,7 +99,10 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
             metrics.RETRIED.inc()
             log.info(
                 "attempt %d of %s failed (%s): retrying in %.1fs",
-                retry.attempts, envelope.id, outcome.error, outcome.retry_in,
+                retry.attempts,
+                envelope.id,
+                outcome.error,
+                outcome.retry_in,
             )
         return
     _dead_letter(task, taken, _entry(envelope, outcome))

@@ -57,8 +57,7 @@ class RoomWatch:
 
     def refused(self, error: Exception) -> None:
         if not self._full:
-            log.warning("Redis is full (%s): taking no more emails until it has room; "
-                        "delivering those this worker holds", error)
+            log.warning("Redis is full (%s): taking no more emails until it has room; delivering those this worker holds", error)
         self._full = True
         self._retry_at = time.monotonic() + self.RETRY_SECONDS
 

@@ -44,8 +44,7 @@ class _OtherClient(delivery.Deliverer):
     """emailq's Deliverer with the POST itself done by another client."""
 
     def _header_dict(self, message_id: str, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": message_id,
-                   "User-Agent": delivery.USER_AGENT}
+        headers = {"Content-Type": "application/json", "Idempotency-Key": message_id, "User-Agent": delivery.USER_AGENT}
         if self.settings.endpoint_authorization is not None:
             headers["Authorization"] = self.settings.endpoint_authorization.get_secret_value()
         if self._keys:
@@ -77,13 +76,11 @@ class AiohttpDeliverer(_OtherClient):
         aiohttp = self._aiohttp
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
-            timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout,
-                                          sock_read=self.settings.request_timeout),
+            timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout, sock_read=self.settings.request_timeout),
         )
 
     async def _apost(self, message_id: str, body: bytes) -> tuple[int, bytes, str | None]:
-        async with self._session.post(self._url, data=body, headers=self._header_dict(message_id, body),
-                                      allow_redirects=False) as response:
+        async with self._session.post(self._url, data=body, headers=self._header_dict(message_id, body), allow_redirects=False) as response:
             raw = await response.content.read(self.settings.max_response_bytes)
             return response.status, raw, response.headers.get("Retry-After")
 
@@ -105,8 +102,7 @@ class HttpxPoolDeliverer(_OtherClient):
         self._shared = self._new_client()
 
     def _new_client(self) -> httpx.Client:
-        limits = httpx.Limits(max_connections=self.settings.concurrency,
-                              max_keepalive_connections=self.settings.concurrency)
+        limits = httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=self.settings.concurrency)
         return httpx.Client(timeout=self._timeout, limits=limits, follow_redirects=False)
 
     def _client(self) -> httpx.Client:

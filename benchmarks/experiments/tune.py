@@ -54,11 +54,9 @@ VARIANTS = [
     Variant("floor-c32", "floor, concurrency 32", "floor", {"EMAILQ_CONCURRENCY": "32"}, []),
     Variant("floor-events-all", "floor, every task event", "floor", EVENTS_ALL, []),
     Variant("eq-httpx-pool", "emailq, httpx's own shared pool", "emailq", {"BENCH_CLIENT": "httpx-pool"}, [], True),
-    Variant("eq-httpx-local", "emailq, one httpx pool per thread", "emailq",
-            {"BENCH_CLIENT": "httpx-local"}, [], True),
+    Variant("eq-httpx-local", "emailq, one httpx pool per thread", "emailq", {"BENCH_CLIENT": "httpx-local"}, [], True),
     Variant("eq-aiohttp", "emailq, POSTs on one aiohttp loop", "emailq", {"BENCH_CLIENT": "aiohttp"}, [], True),
-    Variant("eq-aiohttp-warning", "emailq, aiohttp loop, -l WARNING", "emailq",
-            {"BENCH_CLIENT": "aiohttp"}, WARNING, True, "floor-warning"),
+    Variant("eq-aiohttp-warning", "emailq, aiohttp loop, -l WARNING", "emailq", {"BENCH_CLIENT": "aiohttp"}, WARNING, True, "floor-warning"),
 ]
 
 
@@ -71,11 +69,22 @@ def build(redis_server: RedisServer, endpoints: dict, workdir: Path, only: set[s
                 continue
             label = f"{v.label} (experiment)" if v.experiment else v.label
             if v.kind == "emailq":
-                cell: c.Cell = c.Emailq(latency, endpoints[latency], redis_server, db, workdir, extra_env=v.env,
-                                        extra_args=v.args, name=v.name, label=label, patched=v.experiment)
+                cell: c.Cell = c.Emailq(
+                    latency,
+                    endpoints[latency],
+                    redis_server,
+                    db,
+                    workdir,
+                    extra_env=v.env,
+                    extra_args=v.args,
+                    name=v.name,
+                    label=label,
+                    patched=v.experiment,
+                )
             else:
-                cell = c.FloorThreads(latency, endpoints[latency], redis_server, db, workdir,
-                                      extra_env=v.env, extra_args=v.args, name=v.name, label=label)
+                cell = c.FloorThreads(
+                    latency, endpoints[latency], redis_server, db, workdir, extra_env=v.env, extra_args=v.args, name=v.name, label=label
+                )
             cells.append(cell)
             db += 1
     return cells
@@ -154,8 +163,14 @@ def main(argv: list[str] | None = None) -> None:
         for item in reversed(stoppable):
             item.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    data = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "reps": reps,
-            "foreign_cpu_share": foreign.share(), "naive": naive_rates(), "results": results}
+    data = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "reps": reps,
+        "foreign_cpu_share": foreign.share(),
+        "naive": naive_rates(),
+        "results": results,
+    }
     RESULTS.mkdir(exist_ok=True)
     # A partial or quick run must not replace the full run's results.
     stem = "tune" if not (args.only or args.quick) else "tune-partial"
