@@ -169,10 +169,13 @@ class Emailq(Cell):
     name = "emailq"
     label = "emailq worker (defaults)"
 
-    def __init__(self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(), name=None, label=None, patched=False):
+    def __init__(
+        self, latency_ms, endpoint, redis_server, db, workdir, extra_env=None, extra_args=(), name=None, label=None, patched=False, queue=None
+    ):
         super().__init__(latency_ms, endpoint)
         self.name, self.label = name or self.name, label or self.label
-        queue = f"bench-{self.name}"
+        # `queue`: several workers on one queue (a cluster) differ by name only.
+        queue = queue or f"bench-{self.name}"
         env = emailq_env(redis_server, db, queue, workdir, EMAILQ_ENDPOINT_URL=endpoint.url, **(extra_env or {}))
         self.producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=queue))
         # `patched`: benchmarks.experiments.emailq_patched, for experiments that no setting can make.

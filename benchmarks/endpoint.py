@@ -7,7 +7,8 @@ answers that share of requests 503 at random; `--fail-key-share` answers 500 for
 the emails whose key falls in that share (`fails_forever`). Failures are not recorded.
 The key is the `Idempotency-Key` header (emailq), else the payload's `bid` (the other
 contenders, whose naive POST carries no header). A few control paths serve the
-orchestrator: `GET /_count`, `GET /_dump` (the records as JSON, then cleared).
+orchestrator: `GET /_count`, `GET /_dump` (the records as JSON, then cleared), `GET
+/_when/<key>` (when that key was first answered 2xx, or an empty body).
 
 Raw asyncio (uvloop when installed) rather than a framework, so that the endpoint is
 never the bottleneck: it answers well over 10k requests/s on one core.
@@ -39,15 +40,21 @@ class Records:
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.times: list[float] = []
+        self.first: dict[bytes, float] = {}
 
     def add(self, key: bytes, at: float) -> None:
         self.keys.append(key.decode("ascii", "replace"))
         self.times.append(at)
+        self.first.setdefault(key, at)
 
     def dump(self) -> bytes:
         data = json.dumps({"keys": self.keys, "times": self.times}).encode()
-        self.keys, self.times = [], []
+        self.keys, self.times, self.first = [], [], {}
         return data
+
+    def when(self, key: bytes) -> bytes:
+        at = self.first.get(key)
+        return b"" if at is None else repr(at).encode()
 
 
 def _reply(status: str, body: bytes) -> bytes:
@@ -126,6 +133,8 @@ class HttpProtocol(asyncio.Protocol):
             body = str(len(self.records.keys)).encode()
         elif path == b"/_dump":
             body = self.records.dump()
+        elif path.startswith(b"/_when/"):
+            body = self.records.when(path[len(b"/_when/") :])
         else:
             assert self.transport is not None
             self.transport.write(_reply("404 Not Found", b"{}"))

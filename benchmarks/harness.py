@@ -73,6 +73,16 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until a Celery worker's log says it is ready (`celery@host ready.`)."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
+            return b" ready." in self.log.read_bytes()
+
+        wait_for(ready, timeout, f"{self.name} to be ready", interval=0.1)
+
     def tree(self) -> list[psutil.Process]:
         try:
             return [self.ps, *self.ps.children(recursive=True)]
@@ -204,6 +214,11 @@ class Endpoint:
     def collect(self) -> tuple[list[str], list[float]]:
         data = json.loads(self._get("/_dump"))
         return data["keys"], data["times"]
+
+    def delivered_at(self, key: str) -> float | None:
+        """When the endpoint first answered `key` 2xx (None: not yet)."""
+        body = self._get(f"/_when/{key}")
+        return float(body) if body else None
 
     def stop(self) -> None:
         self.proc.stop()

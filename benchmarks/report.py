@@ -1,4 +1,6 @@
-"""The results as Markdown: contender x endpoint latency, enqueue cost, and the targets.
+"""The results as Markdown: contender x endpoint latency, partly failing endpoints, flow
+control (sign-in codes behind a bulk send, a rate limit across workers), enqueue cost, and
+the targets. A partial run (--only) shows only what it measured.
 
 Ratios are taken rep by rep (both rates from the same rep, a few seconds apart) and the
 median of those is shown: on a shared machine that cancels much of the noise that a ratio
@@ -7,6 +9,7 @@ of medians would keep.
 
 from __future__ import annotations
 
+from benchmarks import flow
 from benchmarks.harness import median
 
 ORDER = ("naive", "floor-prefork", "floor-threads", "emailq")
@@ -88,6 +91,31 @@ def failing_table(failing: list[dict]) -> list[str]:
     return lines
 
 
+def flow_table(priority: list[dict], rate: dict | None) -> list[str]:
+    lines = [
+        "| flow control, `emailq worker` with its defaults | endpoint | measured | target |",
+        "|---|---:|---|---|",
+    ]
+    for row in priority:
+        lines.append(
+            f"| {row['codes']} sign-in codes, one at a time, behind {row['bulk']:,} bulk emails (one worker; "
+            f"bulk queued {row['bulk_queued_at_first_code']:,} at the first code, {row['bulk_queued_after_last_code']:,} after the last) "
+            f"| {row['latency_ms']:g} ms | enqueue to delivery p50 {_num(row['p50_s'] * 1000)} ms, max {_num(row['max_s'] * 1000)} ms "
+            f"| max ≤ {flow.CODE_TARGET_SECONDS:g} s |"
+        )
+    if rate:
+        paces = ", ".join(f"{p:.1f}" for p in rate["paces"])
+        reps = len(rate["runs"])
+        lines.append(
+            f"| `EMAILQ_RATE_LIMIT={rate['limit']:g}`, {rate['workers']} workers, {rate['emails']:,} emails at once "
+            f"({reps} rep{'s' if reps > 1 else ''}) | 0 ms | pace {_num(rate['pace'], 1)}/s (reps: {paces}); "
+            f"busiest 1-s window {rate['busiest_1s']} requests (worst rep) "
+            f"| ≤ {flow.RATE_MAX_WINDOW} in any 1-s window, pace {rate['limit'] * (1 - flow.RATE_TOLERANCE):g}–"
+            f"{rate['limit'] * (1 + flow.RATE_TOLERANCE):g}/s |"
+        )
+    return lines
+
+
 def enqueue_table(enqueue: dict) -> list[str]:
     send, bulk, delay = enqueue["send"], enqueue["send_many"], enqueue["celery_delay"]
     return [
@@ -99,23 +127,50 @@ def enqueue_table(enqueue: dict) -> list[str]:
     ]
 
 
-def targets_table(results: list[dict], enqueue: dict) -> list[str]:
+def targets_table(results: list[dict], enqueue: dict | None, priority: list[dict] = (), rate: dict | None = None) -> list[str]:
+    """Each target of what this run measured: (what, value, bound, shown as); a negative
+    bound is an upper one (value < -bound), a positive one a lower one (value ≥ bound)."""
+
     def at(name: str, latency: float) -> dict | None:
         return next((r for r in results if r["contender"] == name and r["latency_ms"] == latency), None)
 
-    emailq = [r for r in results if r["contender"] == "emailq"]
-    rss = max((r["peak_rss_mb"] for r in emailq), default=float("nan"))
-    checks = [
-        ("50 ms: emailq ≥ 20× naive", rep_ratio(at("emailq", 50), at("naive", 50)), 20, _times),
-        ("50 ms: emailq ≥ 90% of floor", rep_ratio(at("emailq", 50), at("floor-threads", 50)), 0.9, _percent),
-        ("0 ms: emailq ≥ 80% of floor", rep_ratio(at("emailq", 0), at("floor-threads", 0)), 0.8, _percent),
-        ("worker peak RSS < 150 MB", rss, -150, lambda v: f"{v:.0f} MB"),
-        ("`Producer.send` p99 < 1 ms", enqueue["send"]["p99_us"], -1000, lambda v: f"{v:.0f} µs"),
-        ("`send_many` ≥ 10k emails/s", enqueue["send_many"]["emails_per_s"], 10000, lambda v: f"{v:,.0f}/s"),
-    ]
+    checks: list[tuple] = []
+    if results:
+        emailq = [r for r in results if r["contender"] == "emailq"]
+        rss = max((r["peak_rss_mb"] for r in emailq), default=float("nan"))
+        checks += [
+            ("50 ms: emailq ≥ 20× naive", rep_ratio(at("emailq", 50), at("naive", 50)), 20, _times),
+            ("50 ms: emailq ≥ 90% of floor", rep_ratio(at("emailq", 50), at("floor-threads", 50)), 0.9, _percent),
+            ("0 ms: emailq ≥ 80% of floor", rep_ratio(at("emailq", 0), at("floor-threads", 0)), 0.8, _percent),
+            ("worker peak RSS < 150 MB", rss, -150, lambda v: f"{v:.0f} MB"),
+        ]
+    for row in priority:
+        checks.append(
+            (
+                f"{row['latency_ms']:g} ms: sign-in codes behind {row['bulk']:,} bulk arrive within {flow.CODE_TARGET_SECONDS:g} s",
+                row["max_s"],
+                -flow.CODE_TARGET_SECONDS - 1e-9,
+                lambda v: f"max {v:.2f} s",
+            )
+        )
+    if rate:
+        low, high = rate["limit"] * (1 - flow.RATE_TOLERANCE), rate["limit"] * (1 + flow.RATE_TOLERANCE)
+        checks += [
+            (f"rate limit {rate['limit']:g}/s: no 1-s window above {flow.RATE_MAX_WINDOW}", rate["busiest_1s"], -flow.RATE_MAX_WINDOW - 0.5, str),
+            (f"rate limit {rate['limit']:g}/s: pace ≥ {low:g}/s", rate["pace"], low, lambda v: f"{v:.1f}/s"),
+            (f"rate limit {rate['limit']:g}/s: pace ≤ {high:g}/s", rate["pace"], -high - 1e-9, lambda v: f"{v:.1f}/s"),
+        ]
+    if enqueue:
+        checks += [
+            ("`Producer.send` p99 < 1 ms", enqueue["send"]["p99_us"], -1000, lambda v: f"{v:.0f} µs"),
+            ("`send_many` ≥ 10k emails/s", enqueue["send_many"]["emails_per_s"], 10000, lambda v: f"{v:,.0f}/s"),
+        ]
     lines = ["| target | measured | met |", "|---|---:|:---:|"]
     for what, value, bound, show in checks:
-        met = value == value and (value < -bound if bound < 0 else value >= bound)
+        if value != value:
+            lines.append(f"| {what} | – | – |")
+            continue
+        met = value < -bound if bound < 0 else value >= bound
         lines.append(f"| {what} | {show(value)} | {'yes' if met else '**no**'} |")
     return lines
 
@@ -131,48 +186,72 @@ def integrity(results: list[dict]) -> str:
 def markdown(data: dict) -> str:
     m = data["machine"]
     results = data["results"]
+    priority, rate, enqueue = data.get("priority") or [], data.get("rate_limit"), data.get("enqueue")
     lines = [
         "# emailq benchmark results",
         "",
         f"{data['when']}; {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
         f"{m['system']}; medians of {data['reps']} interleaved reps; the suite took {data['seconds']:.0f} s; "
-        f"other processes used {100 * data.get('foreign_cpu_share', 0):.0f}% of the machine's CPU meanwhile.",
+        f"other processes used {100 * data.get('foreign_cpu_share', 0):.0f}% of the machine's CPU meanwhile."
+        + (f" A partial run: `--only {data['only']}`." if data.get("only") else ""),
         "",
-        *results_table(results),
-        "",
-        integrity(results),
-        "",
+        *((results_table(results) + ["", integrity(results), ""]) if results else []),
         *(failing_table(data["failing"]) + [""] if data.get("failing") else []),
-        *enqueue_table(data["enqueue"]),
-        "",
+        *(flow_table(priority, rate) + [""] if priority or rate else []),
+        *(enqueue_table(enqueue) + [""] if enqueue else []),
         "Targets:",
         "",
-        *targets_table(results, data["enqueue"]),
+        *targets_table(results, enqueue, priority, rate),
         "",
         "How to read it:",
         "",
-        "- deliveries/s: emails the endpoint answered 2xx, from the first to the last answer of "
-        "a burst (the whole batch enqueued at once, in one round trip); "
-        + ", ".join(
-            f"{r['contender']}@{r['latency_ms']:g}ms {r['messages']}"
-            for r in results
-            if not r["contender"].startswith("limit") and r["messages"] != 2000
-        )
-        + ", every other cell 2,000 messages per rep.",
-        "- × naive, % of floor, % of limit: against the naive pattern, against Celery's floor on "
-        "emailq's own setup (threads pool, same concurrency, same Celery config, a task that "
-        "sleeps the endpoint's latency instead of POSTing), and against the faster asyncio "
-        "client, at the same endpoint latency; each is the median of per-rep ratios.",
-        "- p50/p99: enqueue-to-delivery latency at half of that contender's measured rate "
-        "(capped at 200/s), emails enqueued one at a time (emailq: `Producer.send`).",
-        "- peak RSS: the worker's whole process tree (prefork: parent and children), sampled "
-        "every 50 ms; CPU µs/msg: that tree's user+system CPU per delivery.",
+    ]
+    if results:
+        lines += [
+            "- deliveries/s: emails the endpoint answered 2xx, from the first to the last answer of "
+            "a burst (the whole batch enqueued at once, in one round trip); "
+            + ", ".join(
+                f"{r['contender']}@{r['latency_ms']:g}ms {r['messages']}"
+                for r in results
+                if not r["contender"].startswith("limit") and r["messages"] != 2000
+            )
+            + ", every other cell 2,000 messages per rep.",
+            "- × naive, % of floor, % of limit: against the naive pattern, against Celery's floor on "
+            "emailq's own setup (threads pool, same concurrency, same Celery config, a task that "
+            "sleeps the endpoint's latency instead of POSTing), and against the faster asyncio "
+            "client, at the same endpoint latency; each is the median of per-rep ratios.",
+            "- p50/p99: enqueue-to-delivery latency at half of that contender's measured rate "
+            "(capped at 200/s), emails enqueued one at a time (emailq: `Producer.send`).",
+            "- peak RSS: the worker's whole process tree (prefork: parent and children), sampled "
+            "every 50 ms; CPU µs/msg: that tree's user+system CPU per delivery.",
+        ]
+    lines.append(
         "- The endpoint is a raw asyncio (uvloop) server in its own process that answers 200 "
         "after 0, 50 or 250 ms; Redis is the suite's own redis-server, persistence off. The "
-        "limit keeps 512 requests in flight.",
-        "- Partly failing endpoints: 2,000 emails enqueued at once; the time from the enqueue "
-        "to the delivery of the first 95% (a third of requests failing at random: the rest "
-        "wait out their backoff) or of every email that can be delivered (6% failing forever), "
-        "as a rate, against the healthy 0 ms run's rate measured the same way.",
-    ]
+        "limit keeps 512 requests in flight."
+    )
+    if data.get("failing"):
+        lines.append(
+            "- Partly failing endpoints: 2,000 emails enqueued at once; the time from the enqueue "
+            "to the delivery of the first 95% (a third of requests failing at random: the rest "
+            "wait out their backoff) or of every email that can be delivered (6% failing forever), "
+            "as a rate, against the healthy 0 ms run's rate measured the same way."
+        )
+    if priority:
+        lines.append(
+            f"- Sign-in codes behind a bulk send: {priority[0]['bulk']:,} `OrganizationInvitation`s (a bulk type) "
+            "enqueued in one `send_many`, then one `emailq worker` with its defaults started; once it "
+            f"delivered {flow.UNDER_WAY} of them, {flow.CODES} `SignIn` emails sent one at a time with `Producer.send`, "
+            f"each {flow.CODE_GAP_SECONDS * 1000:.0f} ms after the one before arrived; from just before the send "
+            "to the endpoint's 2xx answer. One run per endpoint latency, on an endpoint of its own."
+        )
+    if rate:
+        lines.append(
+            f"- Rate limit: {rate['workers']} `emailq worker`s with `EMAILQ_RATE_LIMIT={rate['limit']:g}` and "
+            "otherwise defaults, on one queue, against an endpoint of their own answering at once (so "
+            "nothing but the limit slows them); per rep, all emails enqueued at once; pace: from the first "
+            "to the last answer; busiest window: the most requests the endpoint answered in any 1 s (it "
+            "answers every request 200, so requests = deliveries); the median pace and the worst window "
+            "over the reps; the workers' CPU per rep in `results/latest.json` shows each took part."
+        )
     return "\n".join(lines) + "\n"

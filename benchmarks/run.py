@@ -2,11 +2,15 @@
 
     .venv/bin/python -m benchmarks          # or: make bench
     .venv/bin/python -m benchmarks --quick  # one rep, fewer messages: a smoke test
+    .venv/bin/python -m benchmarks --only priority,rate-limit   # some sections or cells
+    .venv/bin/python -m benchmarks --only 'emailq@*,limit-aiohttp@250ms'
 
 Every contender's worker runs at once (each idle but the one measured), each on its own
 Redis database and queue; reps are interleaved (rep 1 of every cell, then rep 2, ...) so
 that a noisy neighbour hits every contender alike, and each figure is the median of the
-reps. Writes benchmarks/results/latest.json and latest.md.
+reps. Then emailq against partly failing endpoints, sign-in codes behind a bulk send, a rate
+limit across three workers, and the cost of an enqueue. Writes
+benchmarks/results/latest.json and latest.md (--quick: quick.*, --only: partial.*).
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 
 import psutil
 
 from benchmarks import cells as c
-from benchmarks import enqueue_cost, report
+from benchmarks import enqueue_cost, flow, report
 from benchmarks.endpoint import fails_forever
 from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile
 
@@ -43,6 +49,8 @@ WARMUP = 64
 PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
 STALL_SECONDS = 30.0
+# What --only names: whole sections, or cells by key (shell-style patterns).
+SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue")
 
 
 def messages_for(cell: c.Cell, quick: bool) -> int:
@@ -149,26 +157,77 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def build_cells(redis_server: RedisServer, endpoints: dict, workdir: Path) -> list[c.Cell]:
+THROUGHPUT_KINDS = (c.Naive, c.FloorPrefork, c.FloorThreads, c.Emailq)
+# The limit's clients: httpx's async pool times out connecting at 512 in flight
+# (encode/httpx#3215): it runs at 64, for the comparison only.
+LIMIT_CLIENTS = (("aiohttp", LIMIT_IN_FLIGHT), ("httpx", 64))
+
+
+def throughput_names() -> list[str]:
+    return [k.name for k in THROUGHPUT_KINDS] + [f"limit-{client}" for client, _ in LIMIT_CLIENTS]
+
+
+def throughput_keys() -> list[str]:
+    return [f"{name}@{latency:g}ms" for latency in LATENCIES_MS for name in throughput_names()]
+
+
+def failing_keys() -> list[str]:
+    return [f"emailq-{spec[0]}@0ms" for spec in FAILING]
+
+
+def section_keys() -> dict[str, list[str]]:
+    """Every cell's key, by section."""
+    return {
+        "throughput": throughput_keys(),
+        "failing": failing_keys(),
+        "priority": [flow.priority_key(ms) for ms in flow.PRIORITY_LATENCIES_MS],
+        "rate-limit": [flow.RATE_KEY],
+        "enqueue": ["enqueue"],
+    }
+
+
+def selector(only: str | None) -> Callable[[str, str], bool]:
+    """`want(section, key)` for --only's comma-separated sections and key patterns."""
+    if not only:
+        return lambda section, key: True
+    items = [item.strip() for item in only.split(",") if item.strip()]
+    known = section_keys()
+    every_key = [key for keys in known.values() for key in keys]
+    for item in items:
+        if item not in known and not any(fnmatch(key, item) for key in every_key):
+            raise SystemExit(f"--only: {item!r} names no section ({', '.join(SECTIONS)}) and no cell ({', '.join(every_key)})")
+    return lambda section, key: any(item == section or fnmatch(key, item) for item in items)
+
+
+def build_cells(redis_server: RedisServer, endpoints: dict, workdir: Path, want: Callable[[str], bool] = lambda key: True) -> list[c.Cell]:
+    """The throughput cells `want` picks (by key); only theirs start."""
     cells: list[c.Cell] = []
     db = 1
     for latency in LATENCIES_MS:
-        endpoint = endpoints[latency]
-        for kind in (c.Naive, c.FloorPrefork, c.FloorThreads, c.Emailq):
-            cells.append(kind(latency, endpoint, redis_server, db, workdir))
+        endpoint = endpoints.get(latency)
+        if endpoint is None:
+            db += len(THROUGHPUT_KINDS)
+            continue
+        for kind in THROUGHPUT_KINDS:
+            if want(f"{kind.name}@{latency:g}ms"):
+                cells.append(kind(latency, endpoint, redis_server, db, workdir))
             db += 1
-        cells.append(c.Limit(latency, endpoint, workdir, "aiohttp", concurrency=LIMIT_IN_FLIGHT))
-        # httpx's async pool times out connecting at 512 in flight (encode/httpx#3215): it
-        # runs at 64, for the comparison only.
-        cells.append(c.Limit(latency, endpoint, workdir, "httpx", concurrency=64))
+        for client, in_flight in LIMIT_CLIENTS:
+            cell = c.Limit(latency, endpoint, workdir, client, concurrency=in_flight)
+            if want(cell.key):
+                cells.append(cell)
     return cells
 
 
-def failing_cells(redis_server: RedisServer, workdir: Path, first_db: int) -> list[tuple[c.Emailq, Endpoint, tuple]]:
-    """emailq's worker, with its defaults, against each partly failing endpoint."""
+def failing_cells(
+    redis_server: RedisServer, workdir: Path, first_db: int, want: Callable[[str], bool] = lambda key: True
+) -> list[tuple[c.Emailq, Endpoint, tuple]]:
+    """emailq's worker, with its defaults, against each partly failing endpoint (those `want` picks)."""
     made = []
     for db, spec in enumerate(FAILING, start=first_db):
         name, label, fail_share, fail_key_share, _ = spec
+        if not want(f"emailq-{name}@0ms"):
+            continue
         endpoint = Endpoint(0, workdir, fail_share=fail_share, fail_key_share=fail_key_share)
         cell = c.Emailq(0, endpoint, redis_server, db, workdir, name=f"emailq-{name}", label=label)
         made.append((cell, endpoint, spec))
@@ -296,8 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one rep, fewer messages")
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency runs")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--only",
+        metavar="ITEMS",
+        help=f"comma-separated sections ({', '.join(SECTIONS)}) and/or cell keys, shell patterns allowed "
+        "(e.g. 'emailq@*', 'priority@250ms'); writes results/partial.*",
+    )
     args = parser.parse_args(argv)
     reps = 1 if args.quick else args.reps
+    want = selector(args.only)
 
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="emailq-bench-"))
@@ -307,18 +373,36 @@ def main(argv: list[str] | None = None) -> None:
     try:
         redis_server = RedisServer(workdir)
         stoppable.append(redis_server)
-        endpoints = {ms: Endpoint(ms, workdir) for ms in LATENCIES_MS}
-        stoppable.extend(endpoints.values())
-        cells = build_cells(redis_server, endpoints, workdir)
-        stoppable.extend(cells)
-        results = bench(cells, reps, args.quick, paced=not args.no_paced)
-        log("partly failing endpoints")
-        made = failing_cells(redis_server, workdir, first_db=40)
-        stoppable.extend(item for cell, endpoint, _ in made for item in (endpoint, cell))
-        healthy = next((r for r in results if r["contender"] == "emailq" and r["latency_ms"] == 0), None)
-        failing = bench_failing(made, reps, healthy)
-        log("measuring enqueue cost")
-        enqueue = enqueue_cost.measure(redis_server, db=60)
+        results: list[dict] = []
+        latencies = [ms for ms in LATENCIES_MS if any(want("throughput", f"{name}@{ms:g}ms") for name in throughput_names())]
+        if latencies:
+            endpoints = {ms: Endpoint(ms, workdir) for ms in latencies}
+            stoppable.extend(endpoints.values())
+            cells = build_cells(redis_server, endpoints, workdir, lambda key: want("throughput", key))
+            stoppable.extend(cells)
+            results = bench(cells, reps, args.quick, paced=not args.no_paced)
+        failing: list[dict] = []
+        made = failing_cells(redis_server, workdir, first_db=40, want=lambda key: want("failing", key))
+        if made:
+            log("partly failing endpoints")
+            stoppable.extend(item for cell, endpoint, _ in made for item in (endpoint, cell))
+            healthy = next((r for r in results if r["contender"] == "emailq" and r["latency_ms"] == 0), None)
+            failing = bench_failing(made, reps, healthy)
+        priority = []
+        for latency in flow.PRIORITY_LATENCIES_MS:
+            if want("priority", flow.priority_key(latency)):
+                log(f"sign-in codes behind a bulk send, {latency:g} ms endpoint")
+                bulk = 5000 if args.quick else flow.BULK_EMAILS
+                priority.append(flow.priority(redis_server, workdir, 50, latency, bulk, log))
+        rate_limit = None
+        if want("rate-limit", flow.RATE_KEY):
+            log(f"a rate limit of {flow.RATE_LIMIT}/s across {flow.RATE_WORKERS} workers")
+            emails = 200 if args.quick else flow.RATE_EMAILS
+            rate_limit = flow.rate_limit(redis_server, workdir, 51, reps, emails, log)
+        enqueue = None
+        if want("enqueue", "enqueue"):
+            log("measuring enqueue cost")
+            enqueue = enqueue_cost.measure(redis_server, db=60)
     finally:
         for item in reversed(stoppable):
             item.stop()
@@ -333,10 +417,13 @@ def main(argv: list[str] | None = None) -> None:
         "reps": reps,
         "results": results,
         "failing": failing,
+        "priority": priority,
+        "rate_limit": rate_limit,
         "enqueue": enqueue,
+        "only": args.only,
     }
-    # A smoke test must not replace the last full run's results.
-    stem = "quick" if args.quick else "latest"
+    # A smoke test or a partial run must not replace the last full run's results.
+    stem = "partial" if args.only else "quick" if args.quick else "latest"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2))
     text = report.markdown(data)
