@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import cast
 
 import redis
 
@@ -140,7 +141,7 @@ class Housekeeper:
         client = self.runtime.redis
         for queue in self.runtime.in_flight.queues or {self.settings.queue}:
             keys = Keys(queue)
-            others = [raw.decode() for raw in client.smembers(keys.owners) if raw.decode() != OWNER]
+            others = [raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners)) if raw.decode() != OWNER]
             with client.pipeline(transaction=False) as pipe:
                 for owner in others:
                     pipe.exists(keys.alive(owner))
@@ -156,7 +157,7 @@ class Housekeeper:
         for queue in self.runtime.in_flight.queues or {self.settings.queue}:
             keys = Keys(queue)
             prefix = keys.inflight("")
-            owners = {raw.decode() for raw in client.smembers(keys.owners)}
+            owners = {raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners))}
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 owner = key.decode().removeprefix(prefix)
                 if owner not in owners:
@@ -171,7 +172,7 @@ class Housekeeper:
         for queue in in_flight.queues:
             key = Keys(queue).inflight(OWNER)
             known = in_flight.known_items()
-            for item in client.lrange(key, 0, -1):
+            for item in cast(list[bytes], client.lrange(key, 0, -1)):
                 if item in known:
                     continue
                 if item not in self._unknown:

@@ -187,7 +187,7 @@ class InFlight:
             return taken
 
     def _remove(self, taken: Taken) -> None:
-        self.redis.lrem(taken.inflight_key, 1, taken.item)
+        self.redis.lrem(taken.inflight_key, 1, taken.item)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as they are
 
     def _give_back(self, taken: Taken) -> None:
         self._release(keys=[taken.inflight_key, taken.lane], args=[taken.item])

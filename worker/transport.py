@@ -110,7 +110,7 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._popped: tuple[str, bytes] | None = None
+        self._popped: tuple[str, str, bytes] | None = None
         self._brpop_queue: str | None = None
         self._takers: dict[str, Taker] = {}
         # What the command in flight on the polling connection is: a take (the script)
@@ -148,7 +148,7 @@ class Channel(kombu_redis.Channel):
             ROOM.refused(error)
             return
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's class default (None) is its only type
         if self._command == "take":
             keys, argv = taker.args()
             self.client.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *argv)
@@ -199,7 +199,7 @@ class Channel(kombu_redis.Channel):
                 self._popped = None
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # as kombu's own _brpop_read does; its default (False) types it bool
             self._flush_brpop_reauth()
 
     def _queue_bind(self, *args: Any) -> None:
@@ -224,7 +224,7 @@ class Channel(kombu_redis.Channel):
         with self.conn_or_acquire() as client:
             return int(client.llen(queue))
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
         raise Empty()  # emailq consumes only by BLMOVE: an email must land in an in-flight list
 
 
@@ -283,4 +283,4 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
 
 class SentinelTransport(Transport):
     Channel = SentinelChannel
-    default_port = kombu_redis.SentinelTransport.default_port
+    default_port = kombu_redis.SentinelTransport.default_port  # type: ignore[assignment]  # kombu's base declares None
