@@ -9,6 +9,7 @@ import base64
 import binascii
 import functools
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,19 @@ class Settings(BaseSettings):
     # the Sentinels themselves ask for, if any (the primary's is in the URL).
     redis_sentinel_master: str | None = Field(default=None, pattern=r"^[!-~]{1,200}$")
     redis_sentinel_password: SecretStr | None = None
+    # TLS. One server: rediss://. On Sentinel: redis_tls for the Redis servers and
+    # redis_sentinel_tls for the Sentinels (unset: the same as redis_tls), since managed
+    # and operator-run deployments turn it on for both or only for one. The CA file
+    # verifies every server (unset: the system's trust store); the client certificate and
+    # key are for servers that ask for one (`tls-auth-clients`, on by default in Redis).
+    redis_tls: bool = False
+    redis_sentinel_tls: bool | None = None
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # Off only where certificates do not name the addresses Sentinel hands out (often
+    # IPs): the chain is still verified against the CA.
+    redis_tls_check_hostname: bool = True
     # Replicas that must confirm each enqueue (Redis WAIT, within redis_timeout) before
     # it is acknowledged; fewer raise QueueUnavailable(maybe_enqueued=True). 0: no wait.
     redis_min_replicas: int = Field(default=0, ge=0, le=100)
@@ -262,9 +276,27 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMAILQ_REDIS_SENTINEL_MASTER: required with a sentinel:// EMAILQ_REDIS_URL (the service name of `sentinel monitor <name> …`)"
             )
-        for name in ("redis_sentinel_master", "redis_sentinel_password"):
+        for name in ("redis_sentinel_master", "redis_sentinel_password", "redis_sentinel_tls"):
             if not sentinel and getattr(self, name) is not None:
                 raise ValueError(f"EMAILQ_{name.upper()}: set, but EMAILQ_REDIS_URL is not a sentinel:// URL")
+        if self.redis_tls and not sentinel:
+            raise ValueError("EMAILQ_REDIS_TLS: only for a sentinel:// EMAILQ_REDIS_URL; for one server write rediss://")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_load(self) -> Settings:
+        files = {name: getattr(self, name) for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")}
+        if not self.redis_server_tls() and not self.sentinel_tls():
+            unused = [name for name, path in files.items() if path is not None]
+            if not self.redis_tls_check_hostname:
+                unused.append("redis_tls_check_hostname")
+            if unused:
+                raise ValueError(
+                    f"EMAILQ_{unused[0].upper()}: set, but no Redis connection uses TLS (rediss://, or EMAILQ_REDIS_TLS / "
+                    "EMAILQ_REDIS_SENTINEL_TLS with sentinel://)"
+                )
+            return self
+        check_tls_files(self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
         return self
 
     @model_validator(mode="after")
@@ -276,6 +308,18 @@ class Settings(BaseSettings):
                 f"longest delivery attempt ({longest:.0f}s: EMAILQ_REQUEST_TIMEOUT x 2)"
             )
         return self
+
+    def redis_server_tls(self) -> bool:
+        """Whether the connections to the Redis server(s) holding the queue use TLS."""
+        if isinstance(self.redis_url, SentinelUrl):
+            return self.redis_tls
+        return self.redis_url is not None and self.redis_url.scheme == "rediss"
+
+    def sentinel_tls(self) -> bool:
+        """Whether the connections to the Sentinels use TLS."""
+        if not isinstance(self.redis_url, SentinelUrl):
+            return False
+        return self.redis_tls if self.redis_sentinel_tls is None else self.redis_sentinel_tls
 
     def is_bulk(self, email_type: str) -> bool:
         """Whether emails of this type go to the bulk lane (`EMAILQ_BULK_TYPES`)."""
@@ -309,6 +353,37 @@ def masked_url(url: AnyUrl | SentinelUrl) -> str:
         pairs = parse_qsl(url.query, keep_blank_values=True)
         query = "?" + urlencode([(k, _MASK if k.lower() == "password" else v) for k, v in pairs], safe="*")
     return f"{url.scheme}://{userinfo}{url.host or ''}{port}{url.path or ''}{query}"
+
+
+def check_tls_files(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
+    """Raises ValueError, naming the setting, unless the files load as TLS would load them
+    at the first connection: a CA bundle in PEM, a certificate with its (unencrypted) key."""
+    context = ssl.create_default_context()
+    for name, path in (("CA", ca_file), ("CERT", cert_file), ("KEY", key_file)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"EMAILQ_REDIS_TLS_{name}_FILE: {path}: no such file")
+    if key_file is not None and cert_file is None:
+        raise ValueError("EMAILQ_REDIS_TLS_KEY_FILE: set without EMAILQ_REDIS_TLS_CERT_FILE")
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(f"EMAILQ_REDIS_TLS_CA_FILE: {ca_file}: not a PEM CA bundle ({_reason(error)})") from None
+    if cert_file is not None:
+
+        def no_passphrase() -> str:
+            # The default would prompt on the terminal; a worker has nobody to answer.
+            raise ValueError("EMAILQ_REDIS_TLS_KEY_FILE: the key is encrypted; give it without a passphrase")
+
+        try:
+            context.load_cert_chain(cert_file, key_file, password=no_passphrase)
+        except (ssl.SSLError, OSError) as error:
+            where = f"{cert_file} and {key_file}" if key_file else f"{cert_file} (which must hold the key too, or set EMAILQ_REDIS_TLS_KEY_FILE)"
+            raise ValueError(f"EMAILQ_REDIS_TLS_CERT_FILE: {where}: not a PEM certificate and its key ({_reason(error)})") from None
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "reason", None) or getattr(error, "strerror", None) or type(error).__name__
 
 
 def _check_header_value(value: str) -> None:

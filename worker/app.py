@@ -6,13 +6,15 @@ importing this module costs nothing and `celery -A emailq.worker.app` works as u
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from celery import Celery
 
-from emailq.redis_client import resolve_redis_url
+from emailq.redis_client import resolve_redis_url, sentinel_options, tls_options
 from emailq.settings import SentinelUrl, Settings, get_settings
+
+# Seconds to open a TCP connection to a Redis server or a Sentinel before trying the next.
+CONNECT_TIMEOUT_SECONDS = 2
 
 app = Celery("emailq", include=["emailq.worker.tasks", "emailq.worker.observability"])
 
@@ -52,31 +54,33 @@ def _broker(settings: Settings, url: str) -> dict[str, Any]:
         # kombu's visibility timeout and unacked sweep are not used.
         "socket_keepalive": True,
         "health_check_interval": 10,
+        # A dead server's address must cost one short wait, not the kernel's two minutes
+        # of SYN retries: a worker tries again every RECONNECT_SECONDS (consumer.py).
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
     }
+    # TLS options for kombu (`rediss://`, or the Sentinel primary: kombu then picks its
+    # TLS connection class, which emailq's Sentinel channel keeps); the same as every
+    # other client's (`redis_client.tls_options`).
+    use_ssl = tls_options(settings) if settings.redis_server_tls() else None
     sentinel = settings.redis_url
     if not isinstance(sentinel, SentinelUrl):
         return {
             "broker_url": url,
             "broker_transport": "emailq.worker.transport:Transport",
-            # Our transport class hides the rediss:// scheme from kombu: ask for TLS here.
-            "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED} if url.startswith("rediss://") else None,
+            "broker_use_ssl": use_ssl,
             "broker_transport_options": options,
         }
     # One Sentinel in the URL that kombu sees: given several (`a;b`), kombu's Connection
     # "fails over" to the next one on an error, with kombu's own transport in place of
     # emailq's. emailq's transport asks every Sentinel of the settings itself; `emailq
-    # flower` (kombu's transport) sets the whole URL back (`flower_broker_url`).
+    # flower` (kombu's transport) sets the whole URL back (`flower_broker_url`) and reads
+    # `sentinel_kwargs` (the Sentinels' password and TLS).
     options["master_name"] = settings.redis_sentinel_master
-    if settings.redis_sentinel_password is not None:
-        options["sentinel_kwargs"] = {
-            "password": settings.redis_sentinel_password.get_secret_value(),
-            "socket_timeout": 5,
-            "socket_connect_timeout": 5,
-        }
+    options["sentinel_kwargs"] = sentinel_options(settings, {"socket_timeout": 5, "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS})
     return {
         "broker_url": sentinel.text.split(";")[0].strip(),
         "broker_transport": "emailq.worker.transport:SentinelTransport",
-        "broker_use_ssl": None,
+        "broker_use_ssl": use_ssl,
         "broker_transport_options": options,
     }
 

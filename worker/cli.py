@@ -236,9 +236,11 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     assert app.conf.broker_url
     app.conf.broker_transport = None
     app.conf.broker_url = flower_broker_url(settings)
+    from emailq.worker.flower_broker import ask_every_sentinel
     from emailq.worker.flower_queues import show_dead_letters
 
     show_dead_letters(settings.queue)
+    ask_every_sentinel(settings)
     app.start(
         [
             "flower",

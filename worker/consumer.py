@@ -7,6 +7,7 @@ DLQ" holds for every message.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Any
@@ -20,8 +21,21 @@ from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 
 log = logging.getLogger("emailq.worker")
 
+# Seconds between a worker's attempts to reach Redis again. Celery's own wait starts at
+# 2 s and grows by 2 s up to 30 s, so after a Sentinel failover (30 s of down-after by
+# default) or a Redis restart a worker could sit idle up to 30 s beside a working primary.
+# One attempt is one connect (and one question to a Sentinel): cheap enough every second.
+RECONNECT_SECONDS = 1.0
+
 
 class Consumer(CeleryConsumer):
+    def ensure_connected(self, conn: Any) -> Any:
+        # Celery calls conn.ensure_connection with kombu's default intervals.
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_start=RECONNECT_SECONDS, interval_step=0, interval_max=RECONNECT_SECONDS
+        )
+        return super().ensure_connected(conn)
+
     # Celery's own handlers log a traceback per item and ack or reject it; here each item
     # gets one line, and the ack comes after the DLQ holds it.
     def on_decode_error(self, message: Any, exc: Exception) -> None:
