@@ -105,11 +105,15 @@ def flow_table(priority: list[dict], rate: dict | None) -> list[str]:
         )
     if rate:
         paces = ", ".join(f"{p:.1f}" for p in rate["paces"])
+        windows = ", ".join(str(r["busiest_1s"]) for r in rate["runs"])
         reps = len(rate["runs"])
+        once = "every email delivered once"
+        if rate["lost"] or rate["duplicates"]:
+            once = f"**lost {rate['lost']}, duplicates {rate['duplicates']}**"
         lines.append(
             f"| `EMAILQ_RATE_LIMIT={rate['limit']:g}`, {rate['workers']} workers, {rate['emails']:,} emails at once "
             f"({reps} rep{'s' if reps > 1 else ''}) | 0 ms | pace {_num(rate['pace'], 1)}/s (reps: {paces}); "
-            f"busiest 1-s window {rate['busiest_1s']} requests (reps: {', '.join(str(r['busiest_1s']) for r in rate['runs'])}) "
+            f"busiest 1-s window {rate['busiest_1s']} requests (reps: {windows}); {once} "
             f"| ≤ {flow.RATE_MAX_WINDOW} in any 1-s window, pace {rate['limit'] * (1 - flow.RATE_TOLERANCE):g}–"
             f"{rate['limit'] * (1 + flow.RATE_TOLERANCE):g}/s |"
         )
