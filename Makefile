@@ -2,7 +2,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install dev test bench
+.PHONY: install dev test typecheck bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,17 @@ dev: install
 test: install
 	$(VENV)/bin/ruff check producer worker tests benchmarks
 	$(VENV)/bin/ruff format --check producer worker tests benchmarks
+	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest
+
+# mypy cannot follow setuptools' package-dir: it reads links laid out as the package
+# installs (producer/ as `emailq`, worker/ as `emailq.worker`); [tool.mypy] points there.
+MYPY_TREE := build/mypy
+typecheck: install
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/emailq
+	ln -s $(CURDIR)/producer/*.py $(MYPY_TREE)/emailq/
+	ln -s $(CURDIR)/worker $(MYPY_TREE)/emailq/worker
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m benchmarks

@@ -13,6 +13,7 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import redis
 
@@ -53,9 +54,12 @@ def count(client: redis.Redis, queue: str) -> Census:
     """Every place's depth, in one round trip. Not a MULTI: a full Redis refuses those,
     and this is what an operator reads during exactly that outage."""
     keys = Keys(queue)
-    owners = sorted(o.decode() for o in client.smembers(keys.owners))
+    owners = sorted(o.decode() for o in cast(set[bytes], client.smembers(keys.owners)))
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(queue).llen(keys.bulk).zcard(keys.schedule).zcard(keys.dlq_index)
+        pipe.llen(queue)
+        pipe.llen(keys.bulk)
+        pipe.zcard(keys.schedule)
+        pipe.zcard(keys.dlq_index)
         for owner in owners:
             pipe.llen(keys.inflight(owner))
         queued, bulk, scheduled, dead, *held = pipe.execute()

@@ -13,6 +13,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 
 from emailq.errors import InvalidMessage
 
@@ -103,7 +104,7 @@ def parse_email(data: Any, *, allow_any_type: bool = False, max_bytes: int | Non
     return email
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "message"
     kind = error["type"]
     if kind == "missing":

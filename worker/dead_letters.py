@@ -22,13 +22,14 @@ Each drop is logged (a count, never an address) and counted in `emailq_dlq_dropp
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import json
 import logging
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
@@ -262,7 +263,7 @@ class DeadLetters:
     def ids(self, limit: int | None = None) -> list[str]:
         """Ids, newest failure first."""
         end = -1 if limit is None else limit - 1
-        return [i.decode() for i in self._redis.zrevrange(self.index_key, 0, end)]
+        return [i.decode() for i in cast(list[bytes], self._redis.zrevrange(self.index_key, 0, end))]
 
     def entries(
         self,
@@ -291,7 +292,7 @@ class DeadLetters:
             raise NotFound(f"no dead-lettered email with id {message_id}")
         return _load(row)
 
-    def _pages(self, after: str | None = None) -> Iterator[list[str]]:
+    def _pages(self, after: str | None = None) -> Iterator[builtins.list[str]]:
         """Ids newest failure first, up to `BATCH` a page, each page read when asked for.
 
         A keyset walk, not offsets: the next page starts at the last score seen, minus the
@@ -306,10 +307,14 @@ class DeadLetters:
                 raise NotFound(f"no dead-lettered email with id {after}")
             top = score
             # Ties are listed by id, descending: those from `after` up are passed.
-            seen = {m for m in self._redis.zrevrangebyscore(self.index_key, score, score) if m >= after.encode()}
+            tied = cast(list[bytes], self._redis.zrevrangebyscore(self.index_key, score, score))
+            seen = {m for m in tied if m >= after.encode()}
         while True:
             wanted = BATCH + len(seen)
-            rows = self._redis.zrevrangebyscore(self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True)
+            rows = cast(
+                list[tuple[bytes, float]],
+                self._redis.zrevrangebyscore(self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True),
+            )
             fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
             if fresh:
                 yield [m.decode() for m, _ in fresh]
@@ -322,7 +327,7 @@ class DeadLetters:
 
     # --- out ------------------------------------------------------------------------
 
-    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, list[str]]:
+    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
         lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
         `BATCH` per round trip, each email moved by one script call of its own. Returns
@@ -354,7 +359,7 @@ class DeadLetters:
                 replayed += sum(pipe.execute())
         return replayed, skipped
 
-    def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, list[str]]:
+    def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """`replay` every entry there was when it began."""
         return self.replay(itertools.chain.from_iterable(self._pages()), ttl_seconds, bulk_ttl_seconds)
 
@@ -374,7 +379,7 @@ class DeadLetters:
         return self.purge(itertools.chain.from_iterable(self._pages()))
 
 
-def _load(row: bytes) -> DeadLetter:
+def _load(row: bytes | str) -> DeadLetter:
     return DeadLetter(**json.loads(row))
 
 

@@ -232,6 +232,8 @@ class _PoolTransport(httpx.BaseTransport):
                 extensions=request.extensions,
             )
         )
+        # A sync pool answers with a sync stream (httpx's own HTTPTransport asserts the same).
+        assert isinstance(answer.stream, Iterable)
         return httpx.Response(status_code=answer.status, headers=answer.headers, stream=_Body(answer.stream), extensions=answer.extensions)
 
     def close(self) -> None:
