@@ -1,8 +1,9 @@
-"""Prometheus metrics of the ingest and the worker, and the queue/DLQ depth gauges.
+"""Prometheus metrics of the ingest, and the queue/DLQ depth gauges.
 
-Each process exposes its own registry: the ingest on its `/metrics` route, the worker on
-`EMAILQ_METRICS_PORT`. Depths are read from Redis at scrape time, so any process that can
-reach Redis reports the same numbers.
+The ingest serves its registry on its `/metrics` route. Depths are read from Redis at
+scrape time, so any process that can reach Redis reports the same numbers: the worker
+registers them in its own registry (`emailq.worker.metrics`, which holds its delivery
+counters) with `watch_depths`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -21,22 +22,6 @@ REGISTRY = CollectorRegistry(auto_describe=False)
 
 ENQUEUED = Counter("emailq_enqueued", "Emails accepted onto the queue.", ["source"], registry=REGISTRY)
 REJECTED_INPUT = Counter("emailq_ingest_rejected", "Ingest requests refused, by HTTP status.", ["status"], registry=REGISTRY)
-DELIVERED = Counter("emailq_delivered", "Emails the endpoint accepted (2xx).", registry=REGISTRY)
-RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retried.", registry=REGISTRY)
-DEAD_LETTERED = Counter("emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY)
-DLQ_DROPPED = Counter(
-    "emailq_dlq_dropped",
-    "Dead letters dropped by the retention policy, by why: count or age.",
-    ["why"],
-    registry=REGISTRY,
-)
-BREAKER_OPEN = Gauge("emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY)
-DELIVERY_SECONDS = Histogram(
-    "emailq_delivery_seconds",
-    "From enqueue to the endpoint's 2xx.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
-    registry=REGISTRY,
-)
 
 
 class DepthCollector(Collector):
@@ -68,5 +53,6 @@ class DepthCollector(Collector):
         yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)
 
 
-def watch_depths(client: redis.Redis, queue: str) -> None:
-    REGISTRY.register(DepthCollector(client, queue))
+def watch_depths(client: redis.Redis, queue: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Report `queue`'s depths in `registry` (the ingest's unless told)."""
+    registry.register(DepthCollector(client, queue))

@@ -11,9 +11,9 @@ from dataclasses import asdict
 
 import pytest
 
-from emailq import metrics
 from emailq.settings import Settings
 from emailq.worker import dead_letters as dl
+from emailq.worker import metrics
 from emailq.worker.dead_letters import DeadLetter, DeadLetters
 
 DAY = 24 * 3600

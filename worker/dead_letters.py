@@ -34,11 +34,11 @@ from typing import Any, cast
 import redis
 from pydantic import ValidationError
 
-from emailq import metrics
 from emailq.errors import NotFound
 from emailq.keys import Keys
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
+from emailq.worker import metrics
 
 log = logging.getLogger("emailq.worker")
 

@@ -8,8 +8,11 @@ import time
 from typing import Any
 
 from celery import signals
+from prometheus_client import start_http_server
 
+from emailq.metrics import watch_depths
 from emailq.settings import get_settings
+from emailq.worker import metrics, runtime
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -58,11 +61,6 @@ def _serve_metrics(**_: Any) -> None:
     settings = get_settings()
     if not settings.metrics_port:
         return
-    from prometheus_client import start_http_server
-
-    from emailq import metrics
-    from emailq.worker import runtime
-
-    metrics.watch_depths(runtime.get().redis, settings.queue)
+    watch_depths(runtime.get().redis, settings.queue, registry=metrics.REGISTRY)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
     logging.getLogger("emailq.worker").info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import threading
 
-from emailq import metrics
 from emailq.redis_client import redis_client
 from emailq.settings import Settings, get_settings
+from emailq.worker import metrics
 from emailq.worker.circuit_breaker import CircuitBreaker
 from emailq.worker.dead_letters import DeadLetters
 from emailq.worker.delivery import Deliverer

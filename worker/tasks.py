@@ -19,11 +19,10 @@ from typing import Any
 from celery import signals
 from pydantic import ValidationError
 
-from emailq import metrics
 from emailq.errors import EmailqError
 from emailq.message import Envelope
 from emailq.task_message import TASK_NAME, task_message
-from emailq.worker import runtime, taking
+from emailq.worker import metrics, runtime, taking
 from emailq.worker.app import app
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.delivery import Outcome
