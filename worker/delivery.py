@@ -53,12 +53,10 @@ class Outcome:
         return self.attempt is not None
 
 
-# benchmarks/emailq_patched.py raises this name from its own `_post`.
-_Rejected = RejectedStatus
-
-
 def build_client(settings: Settings) -> HttpClient:
-    """The HTTP client `EMAILQ_HTTP_CLIENT` names: `curl` (libcurl, the default) or `httpx`."""
+    """The HTTP client `EMAILQ_HTTP_CLIENT` names: `curl` (libcurl, the default) or `httpx`.
+    A worker builds its client with this unless `emailq.worker.runtime.use_http_client`
+    gave it another factory of the same signature."""
     name = settings.http_client
     if name == "curl":
         return CurlClient(settings.max_response_bytes)
@@ -69,9 +67,10 @@ def build_client(settings: Settings) -> HttpClient:
 
 class Deliverer:
     """POSTs emails to `EMAILQ_ENDPOINT_URL` through `client` (by default the one
-    `EMAILQ_HTTP_CLIENT` names), with keep-alive connections; one per worker process,
-    shared by its threads. `deliver` never raises for anything the endpoint or the
-    network does: every such failure comes back as an `Outcome`."""
+    `EMAILQ_HTTP_CLIENT` names; a worker's is chosen in `emailq.worker.runtime`), with
+    keep-alive connections; one per worker process, shared by its threads. `deliver`
+    never raises for anything the endpoint or the network does: every such failure comes
+    back as an `Outcome`."""
 
     def __init__(self, settings: Settings, client: HttpClient | None = None):
         if settings.endpoint_url is None:

@@ -3,23 +3,32 @@
 The consumer (the kombu transport, on Celery's event loop) and the tasks (in the pool's
 threads) meet here: both see the same in-flight records, circuit breaker and Redis
 client, whichever reconnects or restarts around them.
+
+The HTTP client is chosen here too: the one `EMAILQ_HTTP_CLIENT` names
+(`delivery.build_client`), unless a program that runs the worker in its own process
+(a benchmark, an embedding) brings its own `HttpClient` with `use_http_client` first.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 
 from emailq.redis_client import redis_client
 from emailq.settings import Settings, get_settings
 from emailq.worker import metrics
 from emailq.worker.circuit_breaker import CircuitBreaker
 from emailq.worker.dead_letters import DeadLetters
-from emailq.worker.delivery import Deliverer
+from emailq.worker.delivery import Deliverer, build_client
+from emailq.worker.http_client import HttpClient
 from emailq.worker.in_flight import InFlight
 from emailq.worker.retry_schedule import RetrySchedule
 
 _lock = threading.Lock()
+
+HttpClientFactory = Callable[[Settings], HttpClient]
+_http_client_factory: HttpClientFactory = build_client
 
 
 class Runtime:
@@ -50,10 +59,22 @@ class Runtime:
 
     @functools.cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(self.settings)
+        """Built at the first delivery, with the client `use_http_client` chose."""
+        return Deliverer(self.settings, client=_http_client_factory(self.settings))
 
 
 _runtime: Runtime | None = None
+
+
+def use_http_client(factory: HttpClientFactory) -> None:
+    """Make this process POST through `factory(settings)`, an `HttpClient`
+    (`emailq.worker.http_client`), instead of the client `EMAILQ_HTTP_CLIENT` names.
+    Call it before the worker starts in this process (`emailq.worker.cli.main`); once the
+    first delivery built the Deliverer, it raises RuntimeError rather than be ignored."""
+    global _http_client_factory
+    if _runtime is not None and "deliverer" in vars(_runtime):
+        raise RuntimeError("use_http_client: this process has already built its HTTP client")
+    _http_client_factory = factory
 
 
 def get() -> Runtime:

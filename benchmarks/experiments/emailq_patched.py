@@ -1,16 +1,19 @@
 """`emailq worker` with changes that no setting or flag can make: for `benchmarks.experiments.tune`
 only, to price a proposed code change to worker/ before anyone makes it. Nothing in
-worker/ is edited; this module adjusts it at start-up.
+worker/ is edited or patched: this module sets it up at start through its public hooks
+(Celery's signals, `emailq.worker.runtime.use_http_client`), then runs `emailq worker`.
 
 - BENCH_CELERY_OVERRIDES: JSON of Celery settings applied over emailq's configuration
   (e.g. `{"worker_send_task_events": false}`).
 - BENCH_SWITCH_INTERVAL: seconds for `sys.setswitchinterval` (the GIL hand-off interval,
   5 ms by default).
-- BENCH_CLIENT: the HTTP client under `Deliverer._post`, instead of emailq's libcurl
-  transport: `httpx-pool` (httpx's own pool, shared by all threads), `httpx-local` (one
-  httpx pool per thread) or `aiohttp` (one asyncio loop in a background thread doing every
-  POST; the task's thread waits for its result). The
-  retry policy, circuit breaker and outcome logic stay emailq's own.
+- BENCH_CLIENT: the HTTP client the Deliverer POSTs through, instead of emailq's libcurl
+  one: `httpx-pool` (httpx's own pool, shared by all threads), `httpx-local` (one httpx
+  pool per thread) or `aiohttp` (one asyncio loop in a background thread doing every POST;
+  the task's thread waits for its result). Each is an `HttpClient`
+  (`emailq.worker.http_client`) handed to the worker with
+  `emailq.worker.runtime.use_http_client`: the headers, status handling, retry policy,
+  circuit breaker and outcomes stay emailq's own.
 
     python -m benchmarks.experiments.emailq_patched worker [emailq worker flags]
 """
@@ -18,21 +21,21 @@ worker/ is edited; this module adjusts it at start-up.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 import httpx
 
-from emailq.worker import delivery, runtime
+from emailq.settings import Settings
+from emailq.worker import runtime
 from emailq.worker.app import app
 from emailq.worker.cli import main
-from emailq.worker.retry_policy import RetryableStatus, is_retryable_status
-from emailq.worker.signing import signature_headers
+from emailq.worker.errors import NetworkError
+from emailq.worker.http_client import Answer, refuse_unsendable
+from emailq.worker.httpx_client import retry_after_seconds
 
 
 @app.on_after_configure.connect
@@ -40,88 +43,47 @@ def _overrides(sender: Any, **_: Any) -> None:
     sender.conf.update(json.loads(os.environ.get("BENCH_CELERY_OVERRIDES", "{}")))
 
 
-class _OtherClient(delivery.Deliverer):
-    """emailq's Deliverer with the POST itself done by another client."""
-
-    def _header_dict(self, message_id: str, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": message_id, "User-Agent": delivery.USER_AGENT}
-        if self.settings.endpoint_authorization is not None:
-            headers["Authorization"] = self.settings.endpoint_authorization.get_secret_value()
-        if self._keys:
-            headers.update(signature_headers(self._keys, message_id, int(time.time()), body))
-        return headers
-
-    @staticmethod
-    def _judge(status: int, raw: bytes, retry_after: str | None) -> int:
-        # The benchmark's endpoint sends no Retry-After; delta-seconds is all it needs.
-        if 200 <= status < 300:
-            return status
-        excerpt = delivery._excerpt(raw)
-        if is_retryable_status(status):
-            raise RetryableStatus(status, excerpt, float(retry_after) if retry_after and retry_after.isdigit() else None)
-        raise delivery._Rejected(status, excerpt)
+def _pairs(headers: list[str]) -> list[tuple[str, str]]:
+    """`Name: value` lines, as the Deliverer passes them, as (name, value) pairs."""
+    return [(name, value.strip()) for name, _, value in (line.partition(":") for line in headers)]
 
 
-class AiohttpDeliverer(_OtherClient):
-    def __init__(self, settings: Any):
-        import aiohttp
+class HttpxPoolClient:
+    """POSTs through one `httpx.Client`, whose pool (httpcore) all threads share; httpx's
+    own timeouts (per socket operation, not per attempt as emailq's clients keep)."""
 
-        super().__init__(settings)
-        self._aiohttp = aiohttp
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="http-loop", daemon=True).start()
-        self._session = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
-
-    async def _open(self) -> Any:
-        aiohttp = self._aiohttp
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
-            timeout=aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout, sock_read=self.settings.request_timeout),
-        )
-
-    async def _apost(self, message_id: str, body: bytes) -> tuple[int, bytes, str | None]:
-        async with self._session.post(self._url, data=body, headers=self._header_dict(message_id, body), allow_redirects=False) as response:
-            raw = await response.content.read(self.settings.max_response_bytes)
-            return response.status, raw, response.headers.get("Retry-After")
-
-    def _post(self, message_id: str, body: bytes) -> int:
-        future = asyncio.run_coroutine_threadsafe(self._apost(message_id, body), self._loop)
-        try:
-            status, raw, retry_after = future.result()
-        except (self._aiohttp.ClientError, TimeoutError) as error:
-            raise httpx.TransportError(str(error)) from None
-        return self._judge(status, raw, retry_after)
-
-
-class HttpxPoolDeliverer(_OtherClient):
-    """emailq's Deliverer over one `httpx.Client`, whose pool (httpcore) all threads share."""
-
-    def __init__(self, settings: Any):
-        super().__init__(settings)
-        self._timeout = httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+    def __init__(self, settings: Settings):
+        self._max_body_bytes = settings.max_response_bytes
+        self._limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
         self._shared = self._new_client()
 
     def _new_client(self) -> httpx.Client:
-        limits = httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=self.settings.concurrency)
-        return httpx.Client(timeout=self._timeout, limits=limits, follow_redirects=False)
+        return httpx.Client(limits=self._limits, follow_redirects=False, trust_env=False)
 
     def _client(self) -> httpx.Client:
         return self._shared
 
-    def _post(self, message_id: str, body: bytes) -> int:
-        with self._client().stream("POST", self._url, content=body, headers=self._header_dict(message_id, body)) as r:
-            raw = b""
-            for chunk in r.iter_raw():
-                raw += chunk
-                if len(raw) >= self.settings.max_response_bytes:
-                    break
-            return self._judge(r.status_code, raw, r.headers.get("Retry-After"))
+    def post(self, url: str, headers: list[str], body: bytes, connect: float, timeout: float) -> Answer:
+        refuse_unsendable(url, headers)
+        try:
+            with self._client().stream("POST", url, content=body, headers=_pairs(headers), timeout=httpx.Timeout(timeout, connect=connect)) as r:
+                raw = b""
+                for chunk in r.iter_raw():
+                    raw += chunk
+                    if len(raw) >= self._max_body_bytes:
+                        break
+                return Answer(r.status_code, retry_after_seconds(r.headers.get("Retry-After")), raw[: self._max_body_bytes])
+        except httpx.TransportError as error:
+            raise NetworkError(str(error) or type(error).__name__) from error
+
+    def close(self) -> None:
+        self._shared.close()
 
 
-class ThreadLocalHttpxDeliverer(HttpxPoolDeliverer):
+class ThreadLocalHttpxClient(HttpxPoolClient):
     """As above, but one `httpx.Client` per thread: no shared pool to contend for."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Settings):
         self._local = threading.local()
         super().__init__(settings)
 
@@ -132,20 +94,58 @@ class ThreadLocalHttpxDeliverer(HttpxPoolDeliverer):
         return client
 
 
-_CLIENTS = {"httpx-pool": HttpxPoolDeliverer, "aiohttp": AiohttpDeliverer, "httpx-local": ThreadLocalHttpxDeliverer}
+class AiohttpClient:
+    """POSTs on one asyncio loop in a background thread; the calling thread waits."""
+
+    def __init__(self, settings: Settings):
+        import aiohttp  # the bench extra, needed by this variant only
+
+        self._aiohttp = aiohttp
+        self._max_body_bytes = settings.max_response_bytes
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="http-loop", daemon=True).start()
+        self._session = asyncio.run_coroutine_threadsafe(self._open(settings), self._loop).result()
+
+    async def _open(self, settings: Settings) -> Any:
+        aiohttp = self._aiohttp
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.concurrency),
+            timeout=aiohttp.ClientTimeout(sock_connect=settings.connect_timeout, sock_read=settings.request_timeout),
+        )
+
+    async def _post(self, url: str, headers: list[str], body: bytes) -> Answer:
+        async with self._session.post(url, data=body, headers=_pairs(headers), allow_redirects=False) as response:
+            raw = await response.content.read(self._max_body_bytes)
+            return Answer(response.status, retry_after_seconds(response.headers.get("Retry-After")), raw)
+
+    def post(self, url: str, headers: list[str], body: bytes, connect: float, timeout: float) -> Answer:
+        refuse_unsendable(url, headers)
+        future = asyncio.run_coroutine_threadsafe(self._post(url, headers, body), self._loop)
+        try:
+            return future.result()
+        except (self._aiohttp.ClientError, TimeoutError) as error:
+            raise NetworkError(str(error) or type(error).__name__) from error
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def _patch() -> None:
+_CLIENTS: dict[str, runtime.HttpClientFactory] = {
+    "httpx-pool": HttpxPoolClient,
+    "httpx-local": ThreadLocalHttpxClient,
+    "aiohttp": AiohttpClient,
+}
+
+
+def _configure() -> None:
     if os.environ.get("BENCH_SWITCH_INTERVAL"):
         sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     client = os.environ.get("BENCH_CLIENT")
     if client:
-        kind = _CLIENTS[client]
-        # The runtime builds its Deliverer once, on first use: build this one instead.
-        runtime.Runtime.deliverer = functools.cached_property(lambda self: kind(self.settings))
-        runtime.Runtime.deliverer.__set_name__(runtime.Runtime, "deliverer")
+        runtime.use_http_client(_CLIENTS[client])
 
 
 if __name__ == "__main__":
-    _patch()
+    _configure()
     main(sys.argv[1:])
