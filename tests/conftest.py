@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,28 +24,12 @@ from emailq.embedded_redis import redis_server_binary
 from emailq.enqueue import Producer
 from emailq.settings import Settings
 
+# Defined in helpers (import them from there); tests written before still find them here.
+from helpers import EMAILQ, free_port, wait_for
+
 # The tests' own settings come from each test, never from the developer's shell.
 for _name in [n for n in os.environ if n.startswith("EMAILQ_")]:
     del os.environ[_name]
-
-EMAILQ = str(Path(sys.executable).with_name("emailq"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class RedisServer:

@@ -4,16 +4,47 @@ the benchmark of the same property measure it the same way."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import httpx
 import redis
 
 from emailq import census
 
+# The `emailq` command of the Python running the tests.
+EMAILQ = str(Path(sys.executable).with_name("emailq"))
+
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 # A bulk type by default (`EMAILQ_BULK_TYPES`): the bulk lane.
 INVITATION = {"to": "team@example.com", "type": "OrganizationInvitation", "payload": {"link": "https://x/i"}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """`predicate()`'s first true value, asked every `interval` seconds for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def assert_one_home(client: redis.Redis, queue: str = "emailq") -> census.Audit:
@@ -65,3 +96,59 @@ def pace(times: Sequence[float]) -> float:
     if len(times) < 2:
         return float("nan")
     return (len(times) - 1) / (max(times) - min(times))
+
+
+@dataclass
+class Dev:
+    """A running `emailq dev`: its process (the leader of its own process group, as a
+    shell's foreground job is), the ports of its parts, and its terminal output."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    ingest: int
+    flower: int
+    endpoint: int
+
+    def shown(self) -> str:
+        """What its terminal showed so far."""
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the ingest and Flower answer; fails at once if `emailq dev` exits."""
+
+        def answers(url: str) -> bool:
+            assert self.process.poll() is None, self.shown()
+            try:
+                return httpx.get(url).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(lambda: answers(f"http://127.0.0.1:{self.ingest}/readyz"), timeout, "the ingest")
+        wait_for(lambda: answers(f"http://127.0.0.1:{self.flower}/healthcheck"), timeout, "Flower")
+
+    def interrupt(self, timeout: float = 40) -> int:
+        """Ctrl-C, as a terminal sends it (SIGINT to the whole group); its exit status."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
+    """`emailq dev` run in `cwd` on free ports, its embedded Redis under `data_dir`;
+    killed, with every process it started, if still running at the end."""
+    ingest, flower, endpoint = free_port(), free_port(), free_port()
+    log = cwd / "dev.log"
+    process = subprocess.Popen(
+        [EMAILQ, "dev", "--ingest-port", str(ingest), "--flower-port", str(flower), "--endpoint-port", str(endpoint)],
+        env={**os.environ, "EMAILQ_DATA_DIR": str(data_dir)},
+        cwd=cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield Dev(process, log, ingest, flower, endpoint)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import wait_for
+import httpx
+
+from helpers import SIGN_IN, running_dev, wait_for
 
 SHADOWS = {
     "worker.py": "raise SystemExit('the app’s own worker.py was imported')\n",
@@ -14,9 +17,13 @@ SHADOWS = {
 }
 
 
-def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_path, producer, endpoint, start_worker):
+def shadow(directory: Path) -> None:
     for name, text in SHADOWS.items():
-        (tmp_path / name).write_text(text)
+        (directory / name).write_text(text)
+
+
+def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_path, producer, endpoint, start_worker):
+    shadow(tmp_path)
     api = subprocess.run(
         [sys.executable, "-c", "from emailq import send_email, send_many, Producer, InvalidMessage, QueueUnavailable"],
         cwd=tmp_path,
@@ -27,8 +34,22 @@ def test_producer_api_and_worker_run_beside_an_apps_own_worker_and_producer(tmp_
     assert api.returncode == 0, api.stderr
 
     start_worker()  # runs `emailq worker` in tmp_path, beside the shadows
-    message_id = producer.send({"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}})
+    message_id = producer.send(SIGN_IN)
     wait_for(lambda: message_id in endpoint.delivered_keys(), 20, "the delivery")
+
+
+def test_dev_runs_beside_an_apps_own_worker_and_producer(tmp_path, data_dir):
+    shadow(tmp_path)
+    with running_dev(data_dir, tmp_path) as dev:  # `emailq dev` in tmp_path, beside the shadows
+        dev.wait_ready()
+        answer = httpx.post(f"http://127.0.0.1:{dev.ingest}/", json=SIGN_IN)
+        assert answer.status_code == 202, answer.text
+        message_id = answer.json()["id"]
+        wait_for(lambda: f"[worker]   delivered {message_id}" in dev.shown(), 60, "the delivery")
+        assert dev.interrupt() == 0, dev.shown()
+    assert "the app’s own" not in dev.shown() and "Traceback" not in dev.shown()
+    logs = "".join(log.read_text() for log in (data_dir / "logs").glob("*.log"))
+    assert "the app’s own" not in logs and "Traceback" not in logs
 
 
 def test_nothing_installs_top_level_worker_or_producer(tmp_path):
