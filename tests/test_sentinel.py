@@ -429,14 +429,14 @@ def test_a_switch_gives_back_what_a_lost_ack_left_in_a_live_workers_list(cluster
     primary.close()
 
 
-def test_flower_watches_a_sentinel_broker(steady_cluster, settings_env, tmp_path):
-    cluster = steady_cluster
+def flower_queue_lengths(env: dict[str, str], cwd: Path) -> dict:
+    """Flower's `/api/queues/length` (its Broker page's numbers), from an `emailq flower`."""
     port = free_port()
-    log = tmp_path / "flower.log"
+    log = cwd / "flower.log"
     process = subprocess.Popen(
         [EMAILQ, "flower", "--port", str(port)],
-        env={**os.environ, **settings_env, **cluster.env, "EMAILQ_FLOWER_BASIC_AUTH": "ops:pw"},
-        cwd=tmp_path,
+        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": "ops:pw"},
+        cwd=cwd,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -450,11 +450,19 @@ def test_flower_watches_a_sentinel_broker(steady_cluster, settings_env, tmp_path
                 return None
             return reply.json() if reply.status_code == 200 else None
 
-        lengths = wait_for(queues, 30, "Flower to count the queues on the Sentinel primary", interval=0.2)
-        assert {"name": "emailq:dlq", "messages": 0} in lengths["active_queues"]
+        return wait_for(queues, 30, "Flower to count the queues on the Sentinel primary", interval=0.2)
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()  # Flower may still be connecting its event receiver
+            process.wait(10)
+
+
+def test_flower_watches_a_sentinel_broker(steady_cluster, settings_env, tmp_path):
+    lengths = flower_queue_lengths({**settings_env, **steady_cluster.env}, tmp_path)
+    assert {"name": "emailq:dlq", "messages": 0} in lengths["active_queues"]
 
 
 def test_an_enqueue_no_replica_confirms_may_have_been_enqueued(settings_env, redis_client):
@@ -556,3 +564,85 @@ def test_a_worker_takes_again_within_seconds_of_a_promotion(manual_cluster, sett
         wait_for(lambda: after <= set(endpoint.delivered_keys()), 30, "all of them delivered")
     finally:
         producer.close()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path) -> Iterator[Cluster]:
+    started = Cluster(tmp_path / "cluster", tls=Tls.issue(tmp_path / "tls"))
+    yield started
+    started.stop()
+
+
+def test_every_client_talks_tls_to_sentinels_and_servers(tls_cluster, settings_env, endpoint, start_worker, ingest_on, tmp_path):
+    cluster = tls_cluster
+    # The servers and Sentinels speak TLS only and want a client certificate; the first
+    # Sentinel in the URL is down, so every client (Flower's Broker page too) must ask the others.
+    env = {**settings_env, **cluster.env, "EMAILQ_REDIS_URL": f"sentinel://127.0.0.1:{free_port()};{cluster.env['EMAILQ_REDIS_URL']}"}
+    endpoint.behave = lambda headers, body: Reply(404 if json.loads(body)["to"] == "dead@logto.io" else 200)
+    start_worker(env=env)
+
+    sent = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], env, tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    ingested = post_to(ingest_on(env))()
+    dead = run_emailq(["send", "--to", "dead@logto.io", "--type", "SignIn"], env, tmp_path)
+    assert dead.returncode == 0, dead.stderr
+    wait_for(lambda: {sent.stdout.strip(), ingested} <= set(endpoint.delivered_keys()), 30, "emails delivered over TLS")
+    wait_for(lambda: status(env, tmp_path)["dead_lettered"] == 1, 20, "the 404 dead-lettered")
+    listed = run_emailq(["dlq", "list", "--json"], env, tmp_path)
+    assert [entry["id"] for entry in json.loads(listed.stdout)] == [dead.stdout.strip()]
+    report = status(env, tmp_path)
+    assert report["primary"] == f"127.0.0.1:{cluster.primary.port}" and len(report["workers"]) == 1  # the ping, over TLS
+    lengths = flower_queue_lengths(env, tmp_path)
+    assert {"name": "emailq:dlq", "messages": 1} in lengths["active_queues"], lengths
+
+    # Without the TLS settings nothing gets through, so the above went over TLS.
+    plain = {k: v for k, v in env.items() if not k.startswith("EMAILQ_REDIS_TLS")}
+    refused = run_emailq(["status"], plain, tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+
+    # A switch of primary, followed over TLS.
+    cluster.sentinels[0].client.execute_command("SENTINEL", "FAILOVER", MASTER)
+    wait_for(lambda: cluster.primary_port() == cluster.replica.port, 30, "the switch", interval=0.1)
+    after = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], env, tmp_path)
+    assert after.returncode == 0, after.stderr
+    wait_for(lambda: after.stdout.strip() in endpoint.delivered_keys(), 30, "an email delivered from the new primary")
+    assert status(env, tmp_path)["primary"] == f"127.0.0.1:{cluster.replica.port}"
+
+
+def test_tls_reaches_the_sentinels_and_the_servers_as_set(tmp_path):
+    from emailq.redis_client import sentinel
+    from emailq.worker.app import celery_config
+
+    tls = Tls.issue(tmp_path)
+    base = {"EMAILQ_REDIS_URL": "sentinel://:pw@a:26379;sentinel://b:26379", "EMAILQ_REDIS_SENTINEL_MASTER": "m", **tls.env()}
+    for sentinel_tls, servers, sentinels in (("", True, True), ("false", True, False)):
+        settings = settings_from({**base, "EMAILQ_REDIS_SENTINEL_TLS": sentinel_tls} if sentinel_tls else base)
+        manager = sentinel(settings, socket_timeout=1)
+        config = celery_config(settings)
+        for options, on in ((manager.connection_kwargs, servers), (manager.sentinel_kwargs, sentinels), (config["broker_use_ssl"] or {}, servers)):
+            assert options.get("ssl_ca_certs") == (str(tls.ca) if on else None), options
+            assert options.get("ssl_certfile") == (str(tls.client_cert) if on else None), options
+        # Flower's (kombu's) own Sentinel transport reads the Sentinels' TLS from here.
+        assert config["broker_transport_options"]["sentinel_kwargs"].get("ssl", False) is sentinels
+        assert manager.connection_kwargs["password"] == "pw" and "password" not in manager.sentinel_kwargs
+
+
+@pytest.fixture
+def tls_server(tmp_path) -> Iterator[TlsRedisServer]:
+    server = TlsRedisServer(tmp_path / "redis", Tls.issue(tmp_path / "tls"))
+    server.directory.mkdir(parents=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_one_redis_server_on_tls_with_a_private_ca(tls_server, settings_env, endpoint, start_worker, tmp_path):
+    # Not Sentinel, but the same settings: rediss:// with the CA and client certificate files.
+    files = {k: v for k, v in tls_server.tls.env().items() if k != "EMAILQ_REDIS_TLS"}
+    env = {**settings_env, "EMAILQ_REDIS_URL": f"rediss://127.0.0.1:{tls_server.port}/0", **files}
+    start_worker(env=env)
+    sent = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], env, tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: sent.stdout.strip() in endpoint.delivered_keys(), 30, "an email delivered over TLS")
+    assert len(status(env, tmp_path)["workers"]) == 1
+    assert tls_server.client().llen("emailq") == 0

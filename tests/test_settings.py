@@ -8,6 +8,8 @@ import json
 import math
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 from conftest import run_emailq, settings_from
 from emailq.errors import ConfigError
@@ -346,3 +348,103 @@ def test_settings_reach_the_message(settings_env, redis_client, tmp_path):
     message = json.loads(redis_client.lindex("emailq", 0))
     [envelope], _, _ = json.loads(base64.b64decode(message["body"]))
     assert envelope["expires_at"] - envelope["created_at"] == pytest.approx(42)
+
+
+# --- TLS to Redis and the Sentinels -----------------------------------------------------
+
+SENTINEL = {"EMAILQ_REDIS_URL": "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379", "EMAILQ_REDIS_SENTINEL_MASTER": "emailq"}
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory) -> dict[str, str]:
+    """A CA, a client certificate and its key, and files that are not what they claim."""
+    directory = tmp_path_factory.mktemp("pem")
+    authority = trustme.CA()
+    leaf = authority.issue_cert("emailq.test")
+    other = authority.issue_cert("other.test")
+    files = {
+        "ca": authority.cert_pem,
+        "cert": leaf.cert_chain_pems[0],
+        "key": leaf.private_key_pem,
+        "other_key": other.private_key_pem,
+    }
+    paths = {}
+    for name, blob in files.items():
+        blob.write_to_path(directory / name)
+        paths[name] = str(directory / name)
+    (directory / "junk").write_text("not a certificate\n")
+    paths["junk"] = str(directory / "junk")
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"passphrase"))
+    (directory / "encrypted").write_bytes(encrypted)
+    paths["encrypted"] = str(directory / "encrypted")
+    paths["missing"] = str(directory / "missing.pem")
+    return paths
+
+
+TLS_REFUSED = [
+    # (name the error must start with, the settings, what the one line says)
+    ("EMAILQ_REDIS_TLS", {"EMAILQ_REDIS_URL": "redis://r:6379/0", "EMAILQ_REDIS_TLS": "true"}, "write rediss://"),
+    ("EMAILQ_REDIS_TLS", {**SENTINEL, "EMAILQ_REDIS_TLS": "perhaps"}, "boolean"),
+    ("EMAILQ_REDIS_SENTINEL_TLS", {"EMAILQ_REDIS_URL": "rediss://r:6379/0", "EMAILQ_REDIS_SENTINEL_TLS": "true"}, "not a sentinel://"),
+    ("EMAILQ_REDIS_TLS_CA_FILE", {"EMAILQ_REDIS_URL": "redis://r:6379/0", "EMAILQ_REDIS_TLS_CA_FILE": "{ca}"}, "no Redis connection uses TLS"),
+    ("EMAILQ_REDIS_TLS_CA_FILE", {**SENTINEL, "EMAILQ_REDIS_TLS_CA_FILE": "{ca}"}, "no Redis connection uses TLS"),
+    ("EMAILQ_REDIS_TLS_CHECK_HOSTNAME", {**SENTINEL, "EMAILQ_REDIS_TLS_CHECK_HOSTNAME": "false"}, "no Redis connection uses TLS"),
+    ("EMAILQ_REDIS_TLS_CA_FILE", {"EMAILQ_REDIS_URL": "rediss://r:6379/0", "EMAILQ_REDIS_TLS_CA_FILE": "{missing}"}, "no such file"),
+    ("EMAILQ_REDIS_TLS_CA_FILE", {**SENTINEL, "EMAILQ_REDIS_TLS": "true", "EMAILQ_REDIS_TLS_CA_FILE": "{junk}"}, "not a PEM CA bundle"),
+    ("EMAILQ_REDIS_TLS_KEY_FILE", {"EMAILQ_REDIS_URL": "rediss://r:6379/0", "EMAILQ_REDIS_TLS_KEY_FILE": "{key}"}, "without"),
+    (
+        "EMAILQ_REDIS_TLS_CERT_FILE",
+        {"EMAILQ_REDIS_URL": "rediss://r:6379/0", "EMAILQ_REDIS_TLS_CERT_FILE": "{cert}", "EMAILQ_REDIS_TLS_KEY_FILE": "{other_key}"},
+        "not a PEM certificate and its key",
+    ),
+    ("EMAILQ_REDIS_TLS_CERT_FILE", {"EMAILQ_REDIS_URL": "rediss://r:6379/0", "EMAILQ_REDIS_TLS_CERT_FILE": "{cert}"}, "must hold the key too"),
+    (
+        "EMAILQ_REDIS_TLS_KEY_FILE",
+        {**SENTINEL, "EMAILQ_REDIS_SENTINEL_TLS": "true", "EMAILQ_REDIS_TLS_CERT_FILE": "{cert}", "EMAILQ_REDIS_TLS_KEY_FILE": "{encrypted}"},
+        "encrypted",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, env, says", TLS_REFUSED)
+def test_a_bad_tls_setting_is_refused_in_one_line_naming_it(monkeypatch, tmp_path, pem, name, env, says):
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(**pem))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(raised.value)
+    assert message.startswith(name + ":") and says in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "env, servers, sentinels",
+    [
+        ({"EMAILQ_REDIS_URL": "redis://r:6379/0"}, False, False),
+        ({"EMAILQ_REDIS_URL": "rediss://r:6379/0"}, True, False),
+        (SENTINEL, False, False),
+        ({**SENTINEL, "EMAILQ_REDIS_TLS": "true"}, True, True),  # the Sentinels follow by default
+        ({**SENTINEL, "EMAILQ_REDIS_TLS": "true", "EMAILQ_REDIS_SENTINEL_TLS": "false"}, True, False),
+        ({**SENTINEL, "EMAILQ_REDIS_SENTINEL_TLS": "true"}, False, True),
+    ],
+)
+def test_tls_goes_where_the_settings_say(env, servers, sentinels):
+    settings = settings_from(env)
+    assert (settings.redis_server_tls(), settings.sentinel_tls()) == (servers, sentinels)
+
+
+def test_good_tls_files_are_accepted(pem):
+    env = {**SENTINEL, "EMAILQ_REDIS_TLS": "true", "EMAILQ_REDIS_TLS_CA_FILE": pem["ca"]}
+    settings = settings_from({**env, "EMAILQ_REDIS_TLS_CERT_FILE": pem["cert"], "EMAILQ_REDIS_TLS_KEY_FILE": pem["key"]})
+    assert str(settings.redis_tls_cert_file) == pem["cert"]
+
+
+def test_a_bad_ca_file_stops_the_command_at_start(settings_env, redis_client, pem, tmp_path):
+    env = {**settings_env, "EMAILQ_REDIS_URL": settings_env["EMAILQ_REDIS_URL"].replace("redis://", "rediss://")}
+    result = run_emailq(SEND, {**env, "EMAILQ_REDIS_TLS_CA_FILE": pem["junk"]}, tmp_path)
+    assert_refused_naming(result, "EMAILQ_REDIS_TLS_CA_FILE")
