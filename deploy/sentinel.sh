@@ -9,11 +9,26 @@
 #   REDIS_PASSWORD    the Redis servers' password (requirepass)
 #   DOWN_AFTER        ms of silence before the primary is taken for down
 #   SENTINEL_CONF     where the config lives (default /data/sentinel.conf)
+#   TLS_DIR           if set: TLS only (port 26379 speaks nothing else), to clients, to the
+#                     Redis servers and to the other Sentinels, with ca.pem, redis.pem and
+#                     redis.key from this directory (docker-compose.sentinel-tls.yml). Read
+#                     at the first start only, like the rest: turning TLS on later needs a
+#                     fresh volume.
 set -eu
 conf=${SENTINEL_CONF:-/data/sentinel.conf}
+if [ -n "${TLS_DIR:-}" ]; then
+  listen="port 0
+tls-port 26379
+tls-cert-file ${TLS_DIR}/redis.pem
+tls-key-file ${TLS_DIR}/redis.key
+tls-ca-cert-file ${TLS_DIR}/ca.pem
+tls-replication yes"
+else
+  listen="port 26379"
+fi
 if [ ! -f "$conf" ]; then
   cat > "$conf" <<EOF
-port 26379
+${listen}
 # Names, not container addresses, which change when a container is recreated.
 sentinel resolve-hostnames yes
 sentinel announce-hostnames yes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import redis
 import trustme
+import yaml
 from kombu.transport import redis as kombu_redis
 
 from conftest import EMAILQ, RedisServer, Reply, free_port, run_emailq, settings_from, wait_for
@@ -646,3 +648,107 @@ def test_one_redis_server_on_tls_with_a_private_ca(tls_server, settings_env, end
     wait_for(lambda: sent.stdout.strip() in endpoint.delivered_keys(), 30, "an email delivered over TLS")
     assert len(status(env, tmp_path)["workers"]) == 1
     assert tls_server.client().llen("emailq") == 0
+
+
+# --- deploy/docker-compose.sentinel-tls.yml and deploy/sentinel.sh on TLS --------------
+# (No container engine runs here: these run the files' own commands with the real
+# redis-server, and the settings through emailq's own check, as tests/test_deploy_files.py
+# does for the rest of deploy/.)
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def deploy_tls_dir(directory: Path) -> Path:
+    """deploy/tls/ as the TLS override file expects it, for 127.0.0.1."""
+    tls = Tls.issue(directory)
+    copies = {"redis.pem": tls.server_cert, "redis.key": tls.server_key, "client.pem": tls.client_cert, "client.key": tls.client_key}
+    for name, source in copies.items():
+        (directory / name).write_bytes(source.read_bytes())
+    return directory
+
+
+def compose_file(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def test_the_tls_compose_file_gives_every_emailq_service_settings_that_load(tmp_path):
+    base, tls = compose_file("docker-compose.sentinel.yml"), compose_file("docker-compose.sentinel-tls.yml")
+    directory = deploy_tls_dir(tmp_path / "tls")
+    shared = {k: v for k, v in base["x-emailq-settings"].items() if v is not None and "${" not in str(v)}
+    url = "sentinel://:pw@sentinel-1:26379/0;sentinel://sentinel-2:26379;sentinel://sentinel-3:26379"
+    for name in ("worker", "ingest", "flower"):
+        service = tls["services"][name]
+        assert "./tls:/tls:ro" in service["volumes"]
+        env = {**shared, "EMAILQ_REDIS_URL": url, **{k: v.replace("/tls/", f"{directory}/") for k, v in service["environment"].items()}}
+        settings = settings_from(env)  # loads the CA, the certificate and its key
+        assert settings.redis_server_tls() and settings.sentinel_tls() and settings.redis_tls_check_hostname
+
+
+def test_the_tls_compose_file_keeps_each_servers_command_and_adds_tls(tmp_path):
+    base, tls = compose_file("docker-compose.sentinel.yml"), compose_file("docker-compose.sentinel-tls.yml")
+    servers = [name for name, s in base["services"].items() if s.get("command", [None])[0] == "redis-server"]
+    assert sorted(servers) == sorted(n for n, s in tls["services"].items() if s.get("command", [None])[0] == "redis-server")
+    for name in servers:
+        command = tls["services"][name]["command"]
+        assert command[: len(base["services"][name]["command"])] == base["services"][name]["command"], name
+        added = dict(zip(command[len(base["services"][name]["command"]) :: 2], command[len(base["services"][name]["command"]) + 1 :: 2]))
+        assert added["--port"] == "0" and added["--tls-port"] == "6379" and added["--tls-replication"] == "yes"
+    sentinels = [name for name, s in base["services"].items() if s.get("command", [None])[0] == "sh"]
+    assert all(tls["services"][name]["environment"]["TLS_DIR"] == "/tls" for name in sentinels)
+
+    # redis-a's command, run for real: on TLS only, with client certificates.
+    directory = deploy_tls_dir(tmp_path / "tls")
+    conf = tmp_path / "redis.conf"
+    conf.write_text(re.sub(r"(?m)^dir .*$", f"dir {tmp_path}", (DEPLOY / "redis.conf").read_text()))
+    port = free_port()
+    argv = [
+        {"/usr/local/etc/redis/redis.conf": str(conf), "${REDIS_PASSWORD}": "pw", "6379": str(port)}.get(arg, arg.replace("/tls/", f"{directory}/"))
+        for arg in tls["services"]["redis-a"]["command"]
+    ]
+    server = subprocess.Popen([redis_server_binary(), *argv[1:], "--bind", "127.0.0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    options = {"ssl": True, "ssl_ca_certs": str(directory / "ca.pem"), "ssl_certfile": str(directory / "client.pem")}
+    client = redis.Redis(port=port, password="pw", ssl_keyfile=str(directory / "client.key"), **options)
+    try:
+        wait_for(lambda: server.poll() is not None or answers(client), 10, "redis-server with the TLS compose command")
+        assert server.poll() is None, server.stdout.read().decode()
+        assert client.config_get("port")["port"] == "0"  # nothing but TLS
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_sentinel_sh_with_tls_dir_runs_a_tls_sentinel(tmp_path):
+    directory = deploy_tls_dir(tmp_path / "tls")
+    port = free_port()
+    # A stand-in for the image's redis-sentinel: the real server, on a free port.
+    fake = tmp_path / "bin" / "redis-sentinel"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nexec {redis_server_binary()} "$1" --sentinel --tls-port {port} --bind 127.0.0.1\n')
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "SENTINEL_CONF": str(tmp_path / "sentinel.conf"),
+        "SENTINEL_MASTER": "emailq",
+        "SENTINEL_PRIMARY": "127.0.0.1",
+        "REDIS_PASSWORD": "pw",
+        "DOWN_AFTER": "5000",
+        "TLS_DIR": str(directory),
+    }
+    process = subprocess.Popen(["sh", str(DEPLOY / "sentinel.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tls = Tls(directory / "ca.pem", directory / "redis.pem", directory / "redis.key", directory / "client.pem", directory / "client.key")
+    client = connect(port, tls, socket_timeout=1)
+    try:
+        wait_for(lambda: process.poll() is not None or answers(client), 10, "the TLS Sentinel of sentinel.sh")
+        assert process.poll() is None, process.stdout.read().decode()
+        assert client.sentinel_master("emailq")["port"] == 6379
+        assert "port 0" in (tmp_path / "sentinel.conf").read_text()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
