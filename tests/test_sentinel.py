@@ -114,11 +114,19 @@ class TlsRedisServer(RedisServer):
 
 
 class SentinelProcess:
-    def __init__(self, directory: Path, primary_port: int, down_after_ms: int, tls: Tls | None):
+    def __init__(self, directory: Path, primary_port: int, down_after_ms: int, tls: Tls | None, plain_clients: bool = False):
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config = directory / "sentinel.conf"
-        listen = [" ".join(pair) for pair in tls.server_config(self.port)] if tls else [f"port {self.port}"]
+        if tls and plain_clients:
+            # TLS to the servers and to the other Sentinels (on a TLS port of its own, the one
+            # it announces), plain TCP for clients on `port`.
+            listen = [" ".join(pair) for pair in tls.server_config(free_port()) if pair[0] != "port"] + [f"port {self.port}"]
+            tls = None  # for this test's own client
+        elif tls:
+            listen = [" ".join(pair) for pair in tls.server_config(self.port)]
+        else:
+            listen = [f"port {self.port}"]
         self.config.write_text(
             "\n".join(listen) + f"\nbind 127.0.0.1\ndir {directory}\n"
             f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n"
@@ -152,9 +160,9 @@ class SentinelProcess:
 
 class Cluster:
     """A primary, a replica of it, and three Sentinels watching them (quorum 2); all on
-    TLS when `tls` is given."""
+    TLS when `tls` is given, except the Sentinels' side for clients if `plain_sentinels`."""
 
-    def __init__(self, directory: Path, down_after_ms: int = DOWN_AFTER_MS, tls: Tls | None = None):
+    def __init__(self, directory: Path, down_after_ms: int = DOWN_AFTER_MS, tls: Tls | None = None, plain_sentinels: bool = False):
         self.tls = tls
         if tls:
             self.primary: RedisServer = TlsRedisServer(directory / "primary", tls)
@@ -166,10 +174,12 @@ class Cluster:
             server.directory.mkdir(parents=True)
             server.start()
         wait_for(lambda: self.replicas_in_sync(self.primary) == 1, 20, "the replica to sync")
-        self.sentinels = [SentinelProcess(directory / f"sentinel{n}", self.primary.port, down_after_ms, tls) for n in range(3)]
+        self.sentinels = [SentinelProcess(directory / f"sentinel{n}", self.primary.port, down_after_ms, tls, plain_sentinels) for n in range(3)]
         wait_for(self._watching, 30, "the Sentinels to find the replica and each other", interval=0.2)
         hosts = ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels)
         self.env = {"EMAILQ_REDIS_URL": hosts, "EMAILQ_REDIS_SENTINEL_MASTER": MASTER, **(tls.env() if tls else {})}
+        if plain_sentinels:
+            self.env["EMAILQ_REDIS_SENTINEL_TLS"] = "false"
 
     @staticmethod
     def replicas_in_sync(server: RedisServer) -> int:
@@ -627,6 +637,27 @@ def test_tls_reaches_the_sentinels_and_the_servers_as_set(tmp_path):
         # Flower's (kombu's) own Sentinel transport reads the Sentinels' TLS from here.
         assert config["broker_transport_options"]["sentinel_kwargs"].get("ssl", False) is sentinels
         assert manager.connection_kwargs["password"] == "pw" and "password" not in manager.sentinel_kwargs
+
+
+@pytest.fixture
+def plain_sentinels_cluster(tmp_path) -> Iterator[Cluster]:
+    started = Cluster(tmp_path / "cluster", tls=Tls.issue(tmp_path / "tls"), plain_sentinels=True)
+    yield started
+    started.stop()
+
+
+def test_tls_to_the_servers_only_with_plain_sentinels(plain_sentinels_cluster, settings_env, endpoint, start_worker, tmp_path):
+    # EMAILQ_REDIS_SENTINEL_TLS=false: the Sentinels take plain TCP from clients (and TLS
+    # from each other), the Redis servers nothing but TLS; a client that got either wrong
+    # would get no answer.
+    cluster = plain_sentinels_cluster
+    env = {**settings_env, **cluster.env}
+    start_worker(env=env)
+    sent = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], env, tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: sent.stdout.strip() in endpoint.delivered_keys(), 30, "an email delivered over TLS")
+    report = status(env, tmp_path)
+    assert report["primary"] == f"127.0.0.1:{cluster.primary.port}" and len(report["workers"]) == 1
 
 
 @pytest.fixture
