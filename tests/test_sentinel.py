@@ -679,6 +679,7 @@ def test_one_redis_server_on_tls_with_a_private_ca(tls_server, settings_env, end
     wait_for(lambda: sent.stdout.strip() in endpoint.delivered_keys(), 30, "an email delivered over TLS")
     assert len(status(env, tmp_path)["workers"]) == 1
     assert tls_server.client().llen("emailq") == 0
+    assert {"name": "emailq:dlq", "messages": 0} in flower_queue_lengths(env, tmp_path)["active_queues"]
 
 
 # --- deploy/docker-compose.sentinel-tls.yml and deploy/sentinel.sh on TLS --------------
