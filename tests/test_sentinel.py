@@ -52,13 +52,13 @@ class Tls:
     client_key: Path
 
     @classmethod
-    def issue(cls, directory: Path) -> Tls:
+    def issue(cls, directory: Path, server_names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Tls:
         directory.mkdir(parents=True, exist_ok=True)
         authority = trustme.CA()
         tls = cls(*(directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")))
         authority.cert_pem.write_to_path(tls.ca)
         for leaf, cert, key in (
-            (authority.issue_cert("127.0.0.1", "localhost"), tls.server_cert, tls.server_key),
+            (authority.issue_cert(*server_names), tls.server_cert, tls.server_key),
             (authority.issue_cert("emailq.test"), tls.client_cert, tls.client_key),
         ):
             leaf.cert_chain_pems[0].write_to_path(cert)
@@ -79,7 +79,9 @@ class Tls:
         ]
 
     def client_options(self) -> dict[str, Any]:
-        return {"ssl": True, "ssl_ca_certs": str(self.ca), "ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key)}
+        """For the tests' own clients (emailq's are under test, not these): any name."""
+        files = {"ssl_ca_certs": str(self.ca), "ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key)}
+        return {"ssl": True, "ssl_check_hostname": False, **files}
 
     def env(self) -> dict[str, str]:
         return {
@@ -680,6 +682,25 @@ def test_one_redis_server_on_tls_with_a_private_ca(tls_server, settings_env, end
     assert len(status(env, tmp_path)["workers"]) == 1
     assert tls_server.client().llen("emailq") == 0
     assert {"name": "emailq:dlq", "messages": 0} in flower_queue_lengths(env, tmp_path)["active_queues"]
+
+
+def test_a_certificate_that_does_not_name_the_server_is_refused_unless_told(tmp_path, settings_env):
+    # The certificate names redis.test; the client reaches 127.0.0.1 (as Sentinel would
+    # hand out an IP): refused, unless EMAILQ_REDIS_TLS_CHECK_HOSTNAME=false (chain only).
+    server = TlsRedisServer(tmp_path / "redis", Tls.issue(tmp_path / "tls", server_names=("redis.test",)))
+    server.directory.mkdir(parents=True)
+    server.start()
+    try:
+        files = {k: v for k, v in server.tls.env().items() if k != "EMAILQ_REDIS_TLS"}
+        env = {**settings_env, "EMAILQ_REDIS_URL": f"rediss://127.0.0.1:{server.port}/0", **files}
+        refused = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], env, tmp_path)
+        assert refused.returncode != 0 and "certificate is not valid for '127.0.0.1'" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        told = run_emailq(["send", "--to", "foo@logto.io", "--type", "SignIn"], {**env, "EMAILQ_REDIS_TLS_CHECK_HOSTNAME": "false"}, tmp_path)
+        assert told.returncode == 0, told.stderr
+        assert server.client().llen("emailq") == 1
+    finally:
+        server.stop()
 
 
 # --- deploy/docker-compose.sentinel-tls.yml and deploy/sentinel.sh on TLS --------------
