@@ -186,6 +186,7 @@ class Housekeeper:
         """At a clean exit, after the pool finished: give back what is left, stop the
         heartbeat so that nothing waits for it to lapse."""
         runtime = self.runtime
+        runtime.in_flight.flush_acks()
         runtime.in_flight.give_back_all()
         runtime.in_flight.finish_unfinished()
         try:

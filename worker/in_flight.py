@@ -47,6 +47,12 @@ redis.call('LREM', KEYS[1], 1, ARGV[1])
 return 1
 """
 
+# Delivered emails out of one in-flight list, oldest (the tail) first.
+_ACK = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+return #ARGV
+"""
+
 
 @dataclass
 class Taken:
@@ -67,15 +73,23 @@ class InFlight:
     def __init__(self, client: redis.Redis):
         self.redis = client
         self._lock = threading.Lock()
+        self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
         self._by_id: dict[str, list[str]] = {}
         # Settled in memory, but Redis did not take the move yet (a dropped connection, a
         # full Redis): the email stays in the in-flight list, and the Housekeeper repeats
         # each move until it lands.
         self._unfinished: list[tuple[str, Taken, Callable[[Taken], object]]] = []
+        # Delivered emails still in the in-flight list: one thread removes them in
+        # batches (a round trip per batch, not per email, from whichever pool thread
+        # delivered it). The window this adds to a crash is a redelivery, never a loss.
+        self._acks: list[Taken] = []
+        self._acking: list[Taken] = []
+        self._acker: threading.Thread | None = None
         self.queues: set[str] = set()
         self._reclaim = client.register_script(_RECLAIM)
         self._release = client.register_script(_RELEASE)
+        self._ack = client.register_script(_ACK)
 
     def register(self, queue: str, heartbeat_ms: int) -> None:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
@@ -107,12 +121,47 @@ class InFlight:
         return None
 
     def ack(self, tag: str) -> None:
-        """Delivered (or already moved by its task): forget it, removing it from Redis."""
+        """Delivered (or already moved by its task): forget it; the acker removes it from
+        Redis with the next batch."""
         taken = self._forget(tag)
         if taken is None or taken.settled:
             return
         taken.settled = True
-        self.move(taken, "ack", self._remove)
+        with self._lock:
+            self._acks.append(taken)
+            if self._acker is None:
+                self._acker = threading.Thread(target=self._ack_batches, name="emailq-acks", daemon=True)
+                self._acker.start()
+            self._acks_changed.notify_all()
+
+    def flush_acks(self, timeout: float = 5.0) -> bool:
+        """Wait until every ack so far reached Redis (or was left to the Housekeeper)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._acks or self._acking:
+                if not self._acks_changed.wait(deadline - time.monotonic()):
+                    return False
+        return True
+
+    def _ack_batches(self) -> None:
+        while True:
+            with self._lock:
+                while not self._acks:
+                    self._acks_changed.wait()
+                batch, self._acks, self._acking = self._acks, [], self._acks
+            by_list: dict[str, list[Taken]] = {}
+            for taken in batch:
+                by_list.setdefault(taken.inflight_key, []).append(taken)
+            for key, takens in by_list.items():
+                try:
+                    self._ack(keys=[key], args=[t.item for t in takens])
+                except Exception as error:  # this thread must outlive any one failure
+                    log.warning("Redis did not take %d ack(s) (%s); they stay with this worker and are retried", len(takens), error)
+                    with self._lock:
+                        self._unfinished.extend(("ack", t, self._remove) for t in takens)
+            with self._lock:
+                self._acking = []
+                self._acks_changed.notify_all()
 
     def release(self, tag: str) -> None:
         """Back to the head of its queue (Celery asked to requeue it)."""
@@ -143,7 +192,8 @@ class InFlight:
     def known_items(self) -> set[bytes]:
         """Every item this process has a record of, settled or still to be moved."""
         with self._lock:
-            return {t.item for t in self._by_tag.values()} | {t.item for _, t, _ in self._unfinished}
+            pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
+            return {t.item for t in self._by_tag.values()} | {t.item for t in pending}
 
     def overdue(self, older_than: float) -> list[Taken]:
         """Unsettled records taken more than `older_than` seconds ago."""

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from emailq.metrics import watch_depths
 from emailq.settings import get_settings
 from emailq.worker import metrics, runtime
+from emailq.worker.log_queue import route_through_queue
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
@@ -49,6 +50,7 @@ def configure_logging(logger: logging.Logger) -> None:
 @signals.after_setup_logger.connect
 def _root_logger(logger: logging.Logger, **_: Any) -> None:
     configure_logging(logger)
+    route_through_queue(logger)
 
 
 @signals.after_setup_task_logger.connect

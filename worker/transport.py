@@ -37,7 +37,7 @@ from emailq.settings import get_settings
 from emailq.worker import runtime
 from emailq.worker.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.in_flight import OWNER, Taken
-from emailq.worker.taking import EMPTY, TAKE, WAIT, Taker
+from emailq.worker.taking import EMPTY, TAKE, TAKE_BATCH, WAIT, Taker
 
 log = logging.getLogger("emailq.worker")
 
@@ -150,7 +150,7 @@ class Channel(kombu_redis.Channel):
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's class default (None) is its only type
         if self._command == "take":
-            keys, argv = taker.args()
+            keys, argv = taker.args(self._take_most())
             self.client.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *argv)
         elif self._command == "sleep":
             # Waiting for the rate limit's next slot: a blocking pop on a list nobody
@@ -184,23 +184,42 @@ class Channel(kombu_redis.Channel):
             if reply[0] == WAIT:
                 self._command, self._sleep_seconds = "sleep", max(0.001, float(reply[1]) / 1000)
                 raise Empty()
-            lane, item = bytes_to_str(reply[1]), reply[2]
             queue = self._brpop_queue
             assert queue is not None
-            inflight_key = self._takers[queue].inflight
-            problem, message = _decode(item)
-            if problem:
-                _dead_letter(inflight_key, item, problem)
-                return True
-            self._popped = (lane, inflight_key, item)
-            try:
-                self.connection._deliver(message, queue)
-            finally:
-                self._popped = None
+            taker = self._takers[queue]
+            pairs = [(bytes_to_str(reply[i]), reply[i + 1]) for i in range(1, len(reply) - 1, 2)]
+            taker.took(len(pairs))
+            for index, (lane, item) in enumerate(pairs):
+                try:
+                    self._deliver_taken(queue, lane, taker.inflight, item)
+                except BaseException:
+                    # Not handed to Celery: back to their lane now, not after a lost-take scan.
+                    for rest_lane, rest in pairs[index + 1 :]:
+                        runtime.get().in_flight.give_back(Taken(rest_lane, taker.inflight, rest, None, time.monotonic()))
+                    raise
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own _brpop_read does; its default (False) types it bool
             self._flush_brpop_reauth()
+
+    def _take_most(self) -> int:
+        """How many emails the next take may move: the free prefetch slots, one at a time
+        while the circuit breaker probes."""
+        if runtime.get().breaker.is_open:
+            return 1
+        free = self.qos.can_consume_max_estimate()
+        return TAKE_BATCH if free is None else max(1, min(TAKE_BATCH, free))
+
+    def _deliver_taken(self, queue: str, lane: str, inflight_key: str, item: bytes) -> None:
+        problem, message = _decode(item)
+        if problem:
+            _dead_letter(inflight_key, item, problem)
+            return
+        self._popped = (lane, inflight_key, item)
+        try:
+            self.connection._deliver(message, queue)
+        finally:
+            self._popped = None
 
     def _queue_bind(self, *args: Any) -> None:
         # kombu records each binding at every start; a full Redis must not stop a worker
