@@ -4,6 +4,7 @@ and another worker delivers everything it held within a minute (its heartbeat la
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from conftest import Reply, wait_for
 from helpers import assert_one_home
@@ -59,3 +60,21 @@ def test_a_stopped_worker_leaves_nothing_behind(producer, endpoint, start_worker
     worker.stop()
     assert redis_client.scard(KEYS.owners) == 0
     assert not redis_client.keys("emailq:alive:*") and not redis_client.keys("emailq:inflight:*")
+
+
+def test_a_worker_stopped_mid_stream_delivers_nothing_twice(producer, endpoint, start_worker, redis_client, defaults_env):
+    # Acks reach Redis in batches from one thread: a clean stop must flush them, or the
+    # next worker would deliver again what the first one already delivered.
+    endpoint.behave = lambda headers, body: Reply(200, delay=0.2)
+    first = start_worker(env=defaults_env)
+    ids = producer.send_many([SIGN_IN] * 600)
+    wait_for(lambda: len(endpoint.received) >= 200, 30, "a third delivered")
+    first.stop()
+    assert len(set(endpoint.delivered_keys())) < len(ids), "the worker finished before the stop: the test proved nothing"
+
+    start_worker(env=defaults_env)
+    wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "every email delivered", interval=0.2)
+    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
+    twice = [key for key, n in Counter(r.key for r in endpoint.received).items() if n > 1]
+    assert not twice, f"{len(twice)} emails were POSTed twice across a clean stop"
+    assert_one_home(redis_client)
