@@ -90,7 +90,6 @@ class Taker:
 
     def __init__(self, queue: str, owner: str, rate_limit: float | None, bulk_every: int):
         keys = Keys(queue)
-        self.queue = queue
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
