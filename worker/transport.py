@@ -203,9 +203,11 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _take_most(self) -> int:
-        """How many emails the next take may move: the free prefetch slots, one at a time
-        while the circuit breaker probes."""
-        if runtime.get().breaker.is_open:
+        """How many emails the next take may move: the free prefetch slots; one at a time
+        while the circuit breaker probes, and under a rate limit, so that each email is
+        taken at its own slot rather than a burst's worth together."""
+        rt = runtime.get()
+        if rt.breaker.is_open or rt.settings.rate_limit:
             return 1
         free = self.qos.can_consume_max_estimate()
         return TAKE_BATCH if free is None else max(1, min(TAKE_BATCH, free))
