@@ -50,13 +50,12 @@ class Audit:
         return not self.in_two_places and not self.orphans
 
 
-def count(client: redis.Redis, queue: str) -> Census:
+def count(client: redis.Redis, keys: Keys) -> Census:
     """Every place's depth, in one round trip. Not a MULTI: a full Redis refuses those,
     and this is what an operator reads during exactly that outage."""
-    keys = Keys(queue)
     owners = sorted(o.decode() for o in cast(set[bytes], client.smembers(keys.owners)))
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(queue)
+        pipe.llen(keys.interactive)
         pipe.llen(keys.bulk)
         pipe.zcard(keys.schedule)
         pipe.zcard(keys.dlq_index)
@@ -79,14 +78,13 @@ def oldest_age(client: redis.Redis, lane: str) -> float:
     return max(0.0, time.time() - created)
 
 
-def audit(client: redis.Redis, queue: str) -> Audit:
+def audit(client: redis.Redis, keys: Keys) -> Audit:
     """Every email in every place, checked; reads everything, so meant for operators."""
-    keys = Keys(queue)
     prefix = keys.inflight("")
     lists = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1000))
     with client.pipeline(transaction=True) as pipe:
         pipe.smembers(keys.owners)
-        pipe.lrange(queue, 0, -1)
+        pipe.lrange(keys.interactive, 0, -1)
         pipe.lrange(keys.bulk, 0, -1)
         pipe.zrange(keys.schedule, 0, -1)
         pipe.zrange(keys.dlq_index, 0, -1)

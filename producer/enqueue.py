@@ -34,10 +34,9 @@ _CHUNK = 1000
 # record ("<email digest> <id>") when it did. LPUSH before SET: a script is not rolled
 # back, so the only write that can fail (LPUSH on a wrong type, or the first write under
 # maxmemory) must come first, or a key could be left without its email.
-#   KEYS[1] <q>:idem:<hash>   KEYS[2] <q>
-#   ARGV[1] record            ARGV[2] lifetime, ms    ARGV[3] task message
-# KEYS: the idempotency key, the email's lane, the wake list. The key is set right after
-# the email lands (scripts are not rolled back): nothing after it can part the two.
+#   KEYS[1] <p><q>:idem:<hash>   KEYS[2] the email's lane   KEYS[3] <p><q>:wake
+#   ARGV[1] record   ARGV[2] lifetime, ms   ARGV[3] task message   ARGV[4] wake tokens kept
+# The key is set right after the email lands (scripts are not rolled back): nothing after it can part the two.
 _ENQUEUE_ONCE = """
 local first = redis.call('GET', KEYS[1])
 if first then return first end
@@ -134,8 +133,8 @@ class Producer:
         return Envelope.wrap(email, settings.message_ttl_seconds)
 
     def _lane(self, envelope: Envelope) -> str:
-        keys = Keys(self.settings.queue)
-        return keys.bulk if envelope.bulk else keys.queue
+        keys = Keys.of(self.settings)
+        return keys.bulk if envelope.bulk else keys.interactive
 
     def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
         """Enqueue `email` unless `key` already enqueued one within EMAILQ_MESSAGE_TTL_SECONDS.
@@ -148,7 +147,7 @@ class Producer:
         checked = self.validate(email)
         envelope = self._wrap(checked, False)
         digest = _digest(checked)
-        keys, lane = Keys(self.settings.queue), self._lane(envelope)
+        keys, lane = Keys.of(self.settings), self._lane(envelope)
         record = self._write(
             [
                 (
@@ -184,7 +183,7 @@ class Producer:
             lanes.setdefault(lane, []).append(message)
         # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
         chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
-        wake = Keys(self.settings.queue).wake
+        wake = Keys.of(self.settings).wake
         tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
         commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
         self._write(commands, ids=ids)

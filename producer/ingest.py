@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from emailq import metrics
 from emailq.enqueue import Producer
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
+from emailq.keys import Keys
 from emailq.message import Email
 from emailq.settings import Settings
 
@@ -82,7 +83,7 @@ def _unavailable(error: QueueUnavailable, keyed: bool) -> str:
 
 def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     producer = producer or Producer(settings)
-    metrics.watch_depths(producer.redis, settings.queue)
+    metrics.watch_depths(producer.redis, Keys.of(settings))
     expected = settings.ingest_authorization.get_secret_value().encode() if settings.ingest_authorization else None
     if expected is None:
         log.warning("EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email")

@@ -1,80 +1,106 @@
 """Every Redis key emailq writes, named in one place.
 
-All of them start with the queue's name (`EMAILQ_QUEUE`, default `emailq`), so emailq
-shares a Redis database with other apps without reading or moving their keys.
+All of them start with `<p><q>`: the key prefix (`EMAILQ_REDIS_KEY_PREFIX`, default
+empty) and the queue's name (`EMAILQ_QUEUE`, default `emailq`), so emailq shares a Redis
+database with other apps, and with other emailq deployments (another prefix), without
+reading or moving their keys. kombu gets the same prefix (its `global_keyprefix`), so
+its own keys (`<p>_kombu.binding.*`, remote-control reply lists) and the events' and
+remote control's pub/sub channels carry it too.
 
-    <q>                      list    queued, interactive lane: Celery task messages;
-                                     producers LPUSH, workers take from the right
-    <q>:bulk                 list    queued, bulk lane (taken after <q>, 1 in 10 before)
-    <q>:wake                 list    tokens pushed with each email; idle workers block on it
-    <q>:rate                 string  the rate limit's next free slot (ms, Redis's clock)
-    <q>:rate:slowdown        string  a factor on the rate limit's interval after a 429
-    <q>:rate:sleep           list    never written: workers wait for a slot on it
-    <q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
-    <q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
-    <q>:owners               set     owners that may hold an in-flight list
-    <q>:schedule             zset    task messages waiting to be retried, scored by due
-                                     time (ms, Redis's clock); due ones rejoin <q>
-    <q>:dlq                  hash    message id -> dead-letter entry (JSON)
-    <q>:dlq:index            zset    message id scored by the time it failed
-    <q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
-                                     its hash) that enqueued that email; expires after
-                                     EMAILQ_MESSAGE_TTL_SECONDS
+    <p><q>                      list    queued, interactive lane: Celery task messages;
+                                        producers LPUSH, workers take from the right
+    <p><q>:bulk                 list    queued, bulk lane (taken after <q>, 1 in 10 before)
+    <p><q>:wake                 list    tokens pushed with each email; idle workers block on it
+    <p><q>:rate                 string  the rate limit's next free slot (ms, Redis's clock)
+    <p><q>:rate:slowdown        string  a factor on the rate limit's interval after a 429
+    <p><q>:rate:sleep           list    never written: workers wait for a slot on it
+    <p><q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
+    <p><q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
+    <p><q>:owners               set     owners that may hold an in-flight list
+    <p><q>:schedule             zset    task messages waiting to be retried, scored by due
+                                        time (ms, Redis's clock); due ones rejoin their lane
+    <p><q>:dlq                  hash    message id -> dead-letter entry (JSON)
+    <p><q>:dlq:index            zset    message id scored by the time it failed
+    <p><q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
+                                        its hash) that enqueued that email; expires after
+                                        EMAILQ_MESSAGE_TTL_SECONDS
 
-An email is in exactly one of <q>, an in-flight list, <q>:schedule and <q>:dlq (or
+These are whole key names, for emailq's own clients and scripts. kombu's client in the
+worker's channel prefixes some commands itself (and only the first key of a script):
+emailq never sends these keys through it except raw (`connection.send_command`). A task
+message's routing key is its lane's whole key name.
+
+An email is in exactly one of the lanes, an in-flight list, <q>:schedule and <q>:dlq (or
 delivered), and every move between them is one Lua script or MULTI.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emailq.settings import Settings
 
 
 @dataclass(frozen=True)
 class Keys:
+    """The keys of queue `queue` (its name, as Celery and kombu know it) under `prefix`.
+    The prefix is required, so that no caller writes outside its deployment's keys."""
+
     queue: str
+    prefix: str = field(kw_only=True)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        """The keys of `EMAILQ_QUEUE` under `EMAILQ_REDIS_KEY_PREFIX`."""
+        return cls(settings.queue, prefix=settings.redis_key_prefix)
+
+    @property
+    def interactive(self) -> str:
+        return f"{self.prefix}{self.queue}"
 
     @property
     def bulk(self) -> str:
-        return f"{self.queue}:bulk"
+        return f"{self.interactive}:bulk"
 
     @property
     def wake(self) -> str:
-        return f"{self.queue}:wake"
+        return f"{self.interactive}:wake"
 
     @property
     def rate(self) -> str:
-        return f"{self.queue}:rate"
+        return f"{self.interactive}:rate"
 
     @property
     def rate_slowdown(self) -> str:
-        return f"{self.queue}:rate:slowdown"
+        return f"{self.interactive}:rate:slowdown"
 
     @property
     def rate_sleep(self) -> str:
-        return f"{self.queue}:rate:sleep"
+        return f"{self.interactive}:rate:sleep"
 
     @property
     def owners(self) -> str:
-        return f"{self.queue}:owners"
+        return f"{self.interactive}:owners"
 
     @property
     def schedule(self) -> str:
-        return f"{self.queue}:schedule"
+        return f"{self.interactive}:schedule"
 
     @property
     def dlq(self) -> str:
-        return f"{self.queue}:dlq"
+        return f"{self.interactive}:dlq"
 
     @property
     def dlq_index(self) -> str:
-        return f"{self.queue}:dlq:index"
+        return f"{self.interactive}:dlq:index"
 
     def inflight(self, owner: str) -> str:
-        return f"{self.queue}:inflight:{owner}"
+        return f"{self.interactive}:inflight:{owner}"
 
     def alive(self, owner: str) -> str:
-        return f"{self.queue}:alive:{owner}"
+        return f"{self.interactive}:alive:{owner}"
 
     def idempotency(self, key_hash: str) -> str:
-        return f"{self.queue}:idem:{key_hash}"
+        return f"{self.interactive}:idem:{key_hash}"

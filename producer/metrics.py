@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from emailq import census
 from emailq.keys import Keys
+from emailq.settings import get_settings
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 
@@ -27,13 +28,13 @@ REJECTED_INPUT = Counter("emailq_ingest_rejected", "Ingest requests refused, by 
 class DepthCollector(Collector):
     """Queue, in-flight, schedule and DLQ depths, read from Redis when scraped."""
 
-    def __init__(self, client: redis.Redis, queue: str):
+    def __init__(self, client: redis.Redis, keys: Keys):
         self._redis = client
-        self._queue = queue
+        self._keys = keys
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            now = census.count(self._redis, self._queue)
+            now = census.count(self._redis, self._keys)
         except redis.RedisError:
             return  # Redis down: no depth rather than a wrong one
         depth = GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue, by lane.", labels=["lane"])
@@ -41,10 +42,9 @@ class DepthCollector(Collector):
         depth.add_metric(["bulk"], now.queued_bulk)
         yield depth
         oldest = GaugeMetricFamily("emailq_queue_oldest_seconds", "Age of the oldest email waiting, by lane.", labels=["lane"])
-        keys = Keys(self._queue)
         try:
-            oldest.add_metric(["interactive"], census.oldest_age(self._redis, keys.queue))
-            oldest.add_metric(["bulk"], census.oldest_age(self._redis, keys.bulk))
+            oldest.add_metric(["interactive"], census.oldest_age(self._redis, self._keys.interactive))
+            oldest.add_metric(["bulk"], census.oldest_age(self._redis, self._keys.bulk))
         except redis.RedisError:
             return
         yield oldest
@@ -53,6 +53,9 @@ class DepthCollector(Collector):
         yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)
 
 
-def watch_depths(client: redis.Redis, queue: str, registry: CollectorRegistry = REGISTRY) -> None:
-    """Report `queue`'s depths in `registry` (the ingest's unless told)."""
-    registry.register(DepthCollector(client, queue))
+def watch_depths(client: redis.Redis, keys: Keys | str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Report the depths of the queue `keys` names in `registry` (the ingest's unless told).
+    A bare queue name stands for its keys under this process's EMAILQ_REDIS_KEY_PREFIX."""
+    if isinstance(keys, str):
+        keys = Keys(keys, prefix=get_settings().redis_key_prefix)
+    registry.register(DepthCollector(client, keys))

@@ -39,6 +39,8 @@ ENV_PREFIX = "EMAILQ_"
 # request or makes the HTTP client fail on every delivery.
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _MASK = "***"
+KEY_PREFIX_MAX = 64
+_KEY_PREFIX = re.compile(rf"[A-Za-z0-9_.:{{}}/-]{{0,{KEY_PREFIX_MAX}}}")
 
 
 def _default_data_dir() -> Path:
@@ -146,6 +148,9 @@ class Settings(BaseSettings):
     redis_min_replicas: int = Field(default=0, ge=0, le=100)
     data_dir: Path = Field(default_factory=_default_data_dir)
     queue: str = Field(default="emailq", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    # Put before every Redis key emailq and kombu write (`emailq.keys`), so that several
+    # deployments share one Redis database, each seeing only its own emails and workers.
+    redis_key_prefix: str = ""
     # How long a producer may wait on Redis before giving up; keeps web requests fast.
     redis_timeout: float = Field(default=0.5, gt=0, le=60)
 
@@ -220,6 +225,14 @@ class Settings(BaseSettings):
         if isinstance(url, AnyUrl) and url.scheme not in ("redis", "rediss"):
             raise ValueError("must start with redis://, rediss:// or sentinel://")
         return url
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _key_prefix_is_plain(cls, value: str) -> str:
+        # No glob characters (the keys are SCANned by pattern), no spaces or controls.
+        if not _KEY_PREFIX.fullmatch(value):
+            raise ValueError(f"must be at most {KEY_PREFIX_MAX} characters of A-Z a-z 0-9 _ . : {{ }} / - (e.g. tenant-a:)")
+        return value
 
     @field_validator("flower_basic_auth")
     @classmethod

@@ -22,7 +22,9 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def task_message(envelope: Envelope, queue: str) -> str:
-    """The serialized kombu message that runs `emailq.deliver(envelope)` on `queue`."""
+    """The serialized kombu message that runs `emailq.deliver(envelope)`, for the lane
+    whose whole key (`emailq.keys`, prefix included) is `queue`: its routing key, which
+    the retry schedule reads to put a retry back on the same lane."""
     args = [envelope.dump()]
     body = json.dumps([args, {}, _EMBED], separators=(",", ":")).encode()
     message: dict[str, Any] = {
@@ -52,7 +54,9 @@ def task_message(envelope: Envelope, queue: str) -> str:
             "correlation_id": envelope.id,
             "reply_to": "",
             "delivery_mode": 2,
-            # The default exchange: kombu restores an unacked message to this routing key.
+            # The default exchange, as kombu writes it. kombu would restore an unacked
+            # message to this routing key, but emailq's transport never lets it (the
+            # in-flight lists do), so it can be the lane's whole key, prefix included.
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",

@@ -20,9 +20,13 @@ import httpx
 import redis
 
 from emailq import census
+from emailq.keys import Keys
 
 # The `emailq` command of the Python running the tests.
 EMAILQ = str(Path(sys.executable).with_name("emailq"))
+
+# The keys of a deployment with the default EMAILQ_QUEUE and no key prefix.
+KEYS = Keys("emailq", prefix="")
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 # A bulk type by default (`EMAILQ_BULK_TYPES`): the bulk lane.
@@ -47,9 +51,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def assert_one_home(client: redis.Redis, queue: str = "emailq") -> census.Audit:
+def assert_one_home(client: redis.Redis, keys: Keys = KEYS) -> census.Audit:
     """What `emailq status --check` checks: no email in two places, no orphaned list."""
-    audit = census.audit(client, queue)
+    audit = census.audit(client, keys)
     assert audit.ok, f"in two places: {audit.in_two_places}; orphans: {audit.orphans}"
     return audit
 

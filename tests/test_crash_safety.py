@@ -7,13 +7,11 @@ import time
 from collections import Counter
 
 from conftest import Reply, wait_for
-from helpers import assert_one_home
+from helpers import KEYS, assert_one_home
 
 from emailq import census
-from emailq.keys import Keys
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
-KEYS = Keys("emailq")
 
 
 def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_worker, redis_client, defaults_env):
@@ -24,7 +22,7 @@ def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_work
     # Kill it while deliveries are in flight: some requests received, not all.
     wait_for(lambda: len(endpoint.received) >= 3, 20, "the first deliveries")
     first.kill()
-    held = census.count(redis_client, "emailq").in_flight
+    held = census.count(redis_client, KEYS).in_flight
     assert held > 0, "the killed worker held nothing: the test proved nothing"
     assert len(set(endpoint.delivered_keys())) < len(ids)
 
@@ -34,8 +32,8 @@ def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_work
     wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "every email delivered within 60 s", interval=0.2)
     print(f"all {len(ids)} delivered {time.monotonic() - started:.1f}s after the second worker started")
     # The endpoint counts a request before it answers, the worker settles it after.
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
-    now = census.count(redis_client, "emailq")
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
+    now = census.count(redis_client, KEYS)
     assert (now.queued, now.scheduled, now.dead_lettered) == (0, 0, 0)
     assert_one_home(redis_client)
 
@@ -74,7 +72,7 @@ def test_a_worker_stopped_mid_stream_delivers_nothing_twice(producer, endpoint, 
 
     start_worker(env=defaults_env)
     wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "every email delivered", interval=0.2)
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
     twice = [key for key, n in Counter(r.key for r in endpoint.received).items() if n > 1]
     assert not twice, f"{len(twice)} emails were POSTed twice across a clean stop"
     assert_one_home(redis_client)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EMAILQ, Reply, run_emailq, wait_for
+from helpers import KEYS
+
 from emailq.message import Email, Envelope
 from emailq.worker.dead_letters import DeadLetter, DeadLetters
 
@@ -27,7 +29,7 @@ LIST_FIELDS = {"id", "to", "type", "reason", "status", "attempts", "failed_at"}
 
 
 def store_of(redis_client) -> DeadLetters:
-    return DeadLetters(redis_client, "emailq")
+    return DeadLetters(redis_client, KEYS)
 
 
 def queued_ids(redis_client, queue: str = "emailq") -> list[str]:

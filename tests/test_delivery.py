@@ -9,6 +9,8 @@ import time
 import pytest
 
 from conftest import Reply, wait_for
+from helpers import KEYS
+
 from emailq.worker.dead_letters import DeadLetters
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
@@ -16,7 +18,7 @@ SECRET = "Bearer s3cr3t-token-value"
 
 
 def dead_letters(redis_client) -> DeadLetters:
-    return DeadLetters(redis_client, "emailq")
+    return DeadLetters(redis_client, KEYS)
 
 
 def test_posts_exactly_the_logto_body_with_auth_and_idempotency_key(producer, endpoint, start_worker):

@@ -292,9 +292,10 @@ def test_kubernetes_settings_are_valid() -> None:
 def test_keda_scales_the_worker_on_both_lanes() -> None:
     scaled = k8s_one("ScaledObject")["spec"]
     assert all(trigger["type"] == "redis" for trigger in scaled["triggers"])
-    queue = k8s_one("ConfigMap")["data"].get("EMAILQ_QUEUE", Settings.model_fields["queue"].default)
-    keys = Keys(queue)
-    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [keys.queue, keys.bulk]
+    config = k8s_one("ConfigMap")["data"]
+    queue = config.get("EMAILQ_QUEUE", Settings.model_fields["queue"].default)
+    keys = Keys(queue, prefix=config.get("EMAILQ_REDIS_KEY_PREFIX", ""))
+    assert [t["metadata"]["listName"] for t in scaled["triggers"]] == [keys.interactive, keys.bulk]
     assert all(int(t["metadata"]["listLength"]) > 0 for t in scaled["triggers"])
     assert scaled["minReplicaCount"] >= 1  # only a running worker restores a dead one's emails
     target = [d for d in k8s("Deployment") if d["metadata"]["name"] == scaled["scaleTargetRef"]["name"]]

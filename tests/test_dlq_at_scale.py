@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EMAILQ, run_emailq
+from helpers import KEYS
+
 from emailq.message import Email, Envelope
 from emailq.worker import dead_letters as dl
 from emailq.worker.dead_letters import DeadLetter, DeadLetters
@@ -237,7 +239,7 @@ def test_replay_all_passes_over_the_unreplayable_and_replays_the_rest(settings_e
     assert result.returncode == 0, result.stderr
     assert f"replayed {len(ids) - len(bad)} email(s)" in result.stdout
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == bad
-    assert DeadLetters(redis_client, "emailq").ids() == bad
+    assert DeadLetters(redis_client, KEYS).ids() == bad
     assert redis_client.llen("emailq") == len(ids) - len(bad)
 
 
@@ -246,7 +248,7 @@ def test_replay_all_passes_over_the_unreplayable_and_replays_the_rest(settings_e
 
 def test_entries_with_the_same_failure_time_are_each_listed_once(redis_client):
     ids = fill(redis_client, 1300, step=0)  # one score for all: pages cannot split on it
-    store = DeadLetters(redis_client, "emailq")
+    store = DeadLetters(redis_client, KEYS)
 
     listed_ids = [e.id for e in store.entries()]
     assert listed_ids == ids  # ties: by id, descending, as Redis orders them
@@ -255,7 +257,7 @@ def test_entries_with_the_same_failure_time_are_each_listed_once(redis_client):
 
 def test_a_walk_is_not_disturbed_by_what_it_removed_or_what_failed_since(redis_client):
     ids = fill(redis_client, 1600)
-    store = DeadLetters(redis_client, "emailq")
+    store = DeadLetters(redis_client, KEYS)
 
     walk = store.entries()
     seen = [next(walk).id for _ in range(dl.BATCH)]

@@ -11,6 +11,8 @@ from dataclasses import asdict
 
 import pytest
 
+from helpers import KEYS
+
 from emailq.settings import Settings
 from emailq.worker import dead_letters as dl
 from emailq.worker import metrics
@@ -47,7 +49,7 @@ def test_the_defaults_are_the_settings_defaults():
 
 
 def test_adding_beyond_the_cap_drops_the_oldest(redis_client, caplog_info):
-    store = DeadLetters(redis_client, "emailq", max_entries=5)
+    store = DeadLetters(redis_client, KEYS, max_entries=5)
     now = time.time()
     before = dropped("count")
 
@@ -67,7 +69,7 @@ def test_adding_beyond_the_cap_drops_the_oldest(redis_client, caplog_info):
 def test_entries_older_than_the_age_are_dropped_when_one_is_added(redis_client, caplog_info):
     now = time.time()
     write(redis_client, [entry(n, now - 8 * DAY + n) for n in range(3)] + [entry(3, now - 6 * DAY)])
-    store = DeadLetters(redis_client, "emailq")  # the defaults: 7 days, 10,000
+    store = DeadLetters(redis_client, KEYS)  # the defaults: 7 days, 10,000
     before = dropped("age")
 
     store.add(entry(4, now))
@@ -82,7 +84,7 @@ def test_entries_older_than_the_age_are_dropped_when_one_is_added(redis_client, 
 def test_a_backlog_is_trimmed_a_bounded_amount_per_add_and_wholly_by_trim(redis_client):
     now = time.time()
     write(redis_client, [entry(n, now - 3600 + n * 0.001) for n in range(2000)])
-    store = DeadLetters(redis_client, "emailq", max_entries=100)
+    store = DeadLetters(redis_client, KEYS, max_entries=100)
     before = dropped("count")
 
     store.add(entry(9999, now))
@@ -100,7 +102,7 @@ def test_a_backlog_is_trimmed_a_bounded_amount_per_add_and_wholly_by_trim(redis_
 def test_trim_drops_by_age_and_by_count_together(redis_client):
     now = time.time()
     write(redis_client, [entry(n, now - 2 * DAY + n) for n in range(700)] + [entry(1000 + n, now - n) for n in range(30)])
-    store = DeadLetters(redis_client, "emailq", max_entries=10, max_age_seconds=DAY)
+    store = DeadLetters(redis_client, KEYS, max_entries=10, max_age_seconds=DAY)
 
     result = store.trim()
 
@@ -111,7 +113,7 @@ def test_trim_drops_by_age_and_by_count_together(redis_client):
 def test_zero_turns_either_limit_off(redis_client):
     now = time.time()
     write(redis_client, [entry(n, now - 365 * DAY + n) for n in range(50)])
-    store = DeadLetters(redis_client, "emailq", max_entries=0, max_age_seconds=0)
+    store = DeadLetters(redis_client, KEYS, max_entries=0, max_age_seconds=0)
 
     store.add(entry(50, now))
 
@@ -123,7 +125,7 @@ def test_an_add_that_finds_its_email_gone_moves_and_drops_nothing(redis_client):
     now = time.time()
     write(redis_client, [entry(n, now - 8 * DAY) for n in range(3)])
     redis_client.rpush("emailq:inflight:w1", b"another email")
-    store = DeadLetters(redis_client, "emailq")
+    store = DeadLetters(redis_client, KEYS)
 
     assert store.add(entry(3, now), taken_from=("emailq:inflight:w1", b"the email")) is False
 
@@ -135,7 +137,7 @@ def test_an_add_moves_the_email_out_of_the_in_flight_list_and_trims_in_one_step(
     now = time.time()
     write(redis_client, [entry(n, now - n) for n in range(3)])
     redis_client.rpush("emailq:inflight:w1", b"the email")
-    store = DeadLetters(redis_client, "emailq", max_entries=2)
+    store = DeadLetters(redis_client, KEYS, max_entries=2)
 
     assert store.add(entry(3, now + 1), taken_from=("emailq:inflight:w1", b"the email")) is True
 

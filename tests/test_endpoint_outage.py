@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import Reply, wait_for
-from helpers import assert_one_home
+from helpers import KEYS, assert_one_home
 
 pytestmark = pytest.mark.slow
 
@@ -52,5 +52,5 @@ def test_emails_expire_at_their_ttl_while_the_endpoint_is_down(settings_env, end
     ids = short.send_many([SIGN_IN] * 5)
 
     wait_for(lambda: redis_client.zcard("emailq:dlq:index") == 5, 20, "the emails to expire")
-    reasons = {DeadLetters(redis_client, "emailq").get(i).reason for i in ids}
+    reasons = {DeadLetters(redis_client, KEYS).get(i).reason for i in ids}
     assert reasons == {"expired"}

@@ -13,6 +13,8 @@ import pytest
 import trustme
 
 from conftest import Endpoint, Reply, wait_for
+from helpers import KEYS
+
 from emailq.message import Email, Envelope
 from emailq.settings import Settings
 from emailq.worker.dead_letters import DeadLetters
@@ -22,7 +24,7 @@ SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}
 
 
 def store(redis_client) -> DeadLetters:
-    return DeadLetters(redis_client, "emailq")
+    return DeadLetters(redis_client, KEYS)
 
 
 def test_slow_endpoint_times_out_and_is_dead_lettered_after_retries(producer, endpoint, start_worker, redis_client):

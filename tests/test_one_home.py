@@ -9,7 +9,7 @@ import time
 from collections import Counter
 
 from conftest import Reply, wait_for
-from helpers import assert_one_home
+from helpers import KEYS, assert_one_home
 
 from emailq import census
 from emailq.message import Email, Envelope
@@ -23,7 +23,7 @@ def test_a_dropped_connection_duplicates_nothing(producer, endpoint, start_worke
     endpoint.behave = lambda headers, body: Reply(200, delay=1.0)
     worker = start_worker(env=defaults_env)
     ids = producer.send_many([SIGN_IN] * 150)
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight >= 32, 20, "deliveries in flight")
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight >= 32, 20, "deliveries in flight")
 
     killed = redis_client.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1
@@ -34,8 +34,8 @@ def test_a_dropped_connection_duplicates_nothing(producer, endpoint, start_worke
     assert twice == [], f"{len(twice)} emails posted twice after a dropped connection"
     assert worker.process.poll() is None
     # The endpoint counts a request before it answers, the worker settles it after.
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
-    now = census.count(redis_client, "emailq")
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
+    now = census.count(redis_client, KEYS)
     assert (now.queued, now.scheduled, now.dead_lettered) == (0, 0, 0)
     assert_one_home(redis_client)
 
@@ -66,14 +66,14 @@ def test_junk_on_the_queue_is_dead_lettered_once_without_a_reconnect(producer, e
     good = producer.send_many([SIGN_IN] * 5)
 
     wait_for(lambda: set(endpoint.delivered_keys()) >= set(good), 20, "the good emails, behind the junk")
-    store = DeadLetters(redis_client, "emailq")
+    store = DeadLetters(redis_client, KEYS)
     wait_for(lambda: store.count() == len(junk), 10, "every junk item dead-lettered")
     assert {entry.reason for entry in store.list()} == {"malformed"}
     log = worker.output()
     assert "Connection to broker lost" not in log and "Traceback" not in log
     # The endpoint counts a request before it answers, the worker settles it after.
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
-    assert census.count(redis_client, "emailq").queued == 0
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
+    assert census.count(redis_client, KEYS).queued == 0
     assert_one_home(redis_client)
 
 
@@ -90,6 +90,6 @@ def test_a_dead_letter_redis_refuses_stays_with_the_worker_until_it_can_land(pro
 
     redis_client.delete("emailq:dlq:index")
     wait_for(lambda: redis_client.hexists("emailq:dlq", message_id), 10, "the dead letter once Redis takes it")
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
-    assert DeadLetters(redis_client, "emailq").get(message_id).reason == "rejected"
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
+    assert DeadLetters(redis_client, KEYS).get(message_id).reason == "rejected"
     assert_one_home(redis_client)

@@ -15,7 +15,7 @@ import pytest
 from kombu.transport import redis as kombu_redis
 
 from conftest import Reply, run_emailq, settings_from, wait_for
-from helpers import SIGN_IN, assert_one_home
+from helpers import KEYS, SIGN_IN, assert_one_home
 from sentinel_cluster import MASTER, Cluster, flower_queue_lengths, ingests, post_to, status
 from emailq import census
 from emailq.enqueue import Producer
@@ -146,7 +146,7 @@ def test_failover_loses_no_acknowledged_email(cluster, settings_env, endpoint, s
 
     new_primary = cluster.client()
     try:
-        wait_for(lambda: census.count(new_primary, "emailq").in_flight == 0, 30, "nothing left in flight")
+        wait_for(lambda: census.count(new_primary, KEYS).in_flight == 0, 30, "nothing left in flight")
         assert_one_home(new_primary)
     finally:
         new_primary.close()
@@ -228,7 +228,7 @@ def test_an_enqueue_no_replica_confirms_may_have_been_enqueued(settings_env, red
 def test_dlq_purge_says_when_no_replica_holds_it(settings_env, redis_client, tmp_path):
     from emailq.worker.dead_letters import DeadLetter, DeadLetters
 
-    DeadLetters(redis_client, "emailq").add(DeadLetter(id="m1", reason="rejected", detail="404", raw="{}"))
+    DeadLetters(redis_client, KEYS).add(DeadLetter(id="m1", reason="rejected", detail="404", raw="{}"))
     result = run_emailq(["dlq", "purge", "m1"], {**settings_env, "EMAILQ_REDIS_MIN_REPLICAS": "1"}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "purged 1 email(s)" in result.stdout

@@ -7,12 +7,9 @@ import json
 import time
 
 from conftest import run_emailq, wait_for
-from helpers import SIGN_IN, assert_one_home
+from helpers import KEYS, SIGN_IN, assert_one_home
 
-from emailq.keys import Keys
 from emailq.worker.dead_letters import DeadLetters
-
-KEYS = Keys("emailq")
 
 
 def test_check_reports_an_email_in_two_places_and_an_orphan(producer, redis_client, settings_env, tmp_path):
@@ -64,7 +61,7 @@ def test_a_worker_takes_over_what_the_old_layout_left(producer, endpoint, start_
     wait_for(lambda: {in_inbox, in_unacked} <= set(endpoint.delivered_keys()), 60, "both old in-flight emails delivered")
     assert redis_client.hexists("unacked", "other-app") and not redis_client.hexists("unacked", "tag-1")
     assert not redis_client.exists("emailq:inbox:old") and not redis_client.smembers("_emailq.inboxes")
-    assert DeadLetters(redis_client, "emailq").get("old-dead").history == []
+    assert DeadLetters(redis_client, KEYS).get("old-dead").history == []
     assert_one_home(redis_client)
 
 

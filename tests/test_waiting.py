@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import Reply, wait_for
-from helpers import assert_one_home
+from helpers import KEYS, assert_one_home
 
 from emailq import census
 from emailq.worker.dead_letters import DeadLetters
@@ -62,9 +62,9 @@ def test_healthy_emails_pass_emails_that_always_fail(producer, endpoint, start_w
 
     # Progress, not the whole schedule (about two minutes at the defaults): every failing
     # email was tried and waits in the schedule, none in a thread.
-    wait_for(lambda: census.count(redis_client, "emailq").scheduled == FAILING, 10, "all failing emails scheduled")
+    wait_for(lambda: census.count(redis_client, KEYS).scheduled == FAILING, 10, "all failing emails scheduled")
     # The endpoint counts a request before it answers, the worker settles it after.
-    wait_for(lambda: census.count(redis_client, "emailq").in_flight == 0, 5, "nothing left in flight")
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
     now = assert_one_home(redis_client).census
     assert now.dead_lettered == 0
     for message_id in failing[:5]:
@@ -78,7 +78,7 @@ def test_always_failing_emails_end_exhausted_with_their_history(producer, endpoi
     start_worker()
     failing = producer.send_many([broken(i) for i in range(FAILING)])
     wait_for(lambda: redis_client.zcard("emailq:dlq:index") == FAILING, 30, "all failing emails dead-lettered")
-    entry = DeadLetters(redis_client, "emailq").get(failing[0])
+    entry = DeadLetters(redis_client, KEYS).get(failing[0])
     assert entry.reason == "exhausted" and entry.status == 500 and entry.attempts == 3
     assert [attempt["status"] for attempt in entry.history] == [500, 500, 500]
     assert entry.history[0]["at"] < entry.history[1]["at"] < entry.history[2]["at"]
@@ -144,7 +144,7 @@ def test_sigterm_exits_within_15s_and_nothing_is_lost(producer, endpoint, start_
     start_worker(env=defaults_env)
 
     def accounted() -> bool:
-        dead = {e.id for e in DeadLetters(redis_client, "emailq").list()}
+        dead = {e.id for e in DeadLetters(redis_client, KEYS).list()}
         return set(endpoint.delivered_keys()) | dead >= set(ids)
 
     # Emails that failed wait out their backoff (at most a few seconds after 3 s of 503s).

@@ -58,6 +58,12 @@ def _broker(settings: Settings, url: str) -> dict[str, Any]:
         # of SYN retries: a worker tries again every RECONNECT_SECONDS (consumer.py).
         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
     }
+    if settings.redis_key_prefix:
+        # kombu's own keys (bindings, remote-control replies) and the pub/sub channels of
+        # events and remote control under emailq's prefix, so that deployments sharing a
+        # database neither see each other's workers nor answer each other's pings.
+        # emailq's own keys carry it already (`emailq.keys`); the channel sends them raw.
+        options["global_keyprefix"] = settings.redis_key_prefix
     # TLS options for kombu (`rediss://`, or the Sentinel primary: kombu then picks its
     # TLS connection class, which emailq's Sentinel channel keeps); the same as every
     # other client's (`redis_client.tls_options`).

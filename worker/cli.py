@@ -15,6 +15,7 @@ from emailq import census, embedded_redis
 from emailq.enqueue import Producer, connect
 from emailq.errors import ConfigError, EmailqError, InvalidMessage
 from emailq.jsonl import read_emails
+from emailq.keys import Keys
 from emailq.redis_client import primary_address
 from emailq.settings import Settings, get_settings
 from emailq.worker.dlq_commands import dlq
@@ -128,9 +129,9 @@ def status(as_json: bool, check: bool) -> None:
     client = connect(settings, timeout=30 if check else 5)
     # Redis first: if it is down, this fails fast with one clear line.
     if check:
-        _check(census.audit(client, settings.queue), as_json)
+        _check(census.audit(client, Keys.of(settings)), as_json)
         return
-    now = census.count(client, settings.queue)
+    now = census.count(client, Keys.of(settings))
     report: dict[str, Any] = {"queue": settings.queue, **now.as_dict()}
     primary = primary_address(client)
     if primary is not None:
@@ -239,7 +240,7 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     from emailq.worker.flower_broker import ask_every_sentinel
     from emailq.worker.flower_queues import show_dead_letters
 
-    show_dead_letters(settings.queue)
+    show_dead_letters(Keys.of(settings))
     ask_every_sentinel(settings)
     app.start(
         [

@@ -1,9 +1,9 @@
 """The dead-letter queue: emails that could not be delivered, kept whole for replay.
 
-Redis layout (`emailq.keys`), next to the queue `<queue>`:
+Redis layout (`emailq.keys`), next to the queue `<p><q>` (key prefix, queue name):
 
-- `<queue>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
-- `<queue>:dlq:index`  sorted set, message id scored by the time it failed
+- `<p><q>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
+- `<p><q>:dlq:index`  sorted set, message id scored by the time it failed
 
 Every move in or out is one atomic step (MULTI/EXEC or a Lua script), so a crash in the
 middle of a replay or purge leaves each email either in the DLQ or on the queue, never
@@ -179,7 +179,7 @@ class Dropped:
 
 
 class DeadLetters:
-    """The DLQ of `queue`, with its retention policy.
+    """The DLQ of the queue whose keys are `keys`, with its retention policy.
 
     - `max_entries`: the oldest entries beyond this many are dropped (0: no cap);
     - `max_age_seconds`: entries that failed longer ago than this are dropped (0: kept
@@ -189,16 +189,15 @@ class DeadLetters:
     def __init__(
         self,
         client: redis.Redis,
-        queue: str,
+        keys: Keys,
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
     ):
         self._redis = client
-        self.queue = queue
+        self.keys = keys
         self.max_entries = max_entries
         self.max_age_seconds = max_age_seconds
-        keys = Keys(queue)
         self.key = keys.dlq
         self.index_key = keys.dlq_index
         self._replay = client.register_script(_REPLAY)
@@ -333,7 +332,7 @@ class DeadLetters:
         `BATCH` per round trip, each email moved by one script call of its own. Returns
         (how many were replayed, ids that cannot be replayed because the original message
         was undecodable). Ids no longer in the DLQ are passed over."""
-        keys = Keys(self.queue)
+        keys = self.keys
         replayed, skipped = 0, []
         for chunk in _chunks(message_ids):
             with self._redis.pipeline(transaction=False) as pipe:
@@ -350,7 +349,7 @@ class DeadLetters:
                     bulk = bool(envelope.bulk)
                     ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
                     fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
-                    lane = keys.bulk if bulk else keys.queue
+                    lane = keys.bulk if bulk else keys.interactive
                     self._replay(
                         keys=[self.key, self.index_key, lane, keys.wake],
                         args=[message_id, task_message(fresh, lane)],

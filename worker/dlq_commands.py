@@ -22,6 +22,7 @@ import click
 import redis
 
 from emailq.enqueue import connect
+from emailq.keys import Keys
 from emailq.redis_client import confirm_writes
 from emailq.settings import get_settings
 from emailq.worker.dead_letters import REASONS, DeadLetter, DeadLetters
@@ -34,7 +35,7 @@ def dead_letters(client: redis.Redis | None = None) -> DeadLetters:
     settings = get_settings()
     return DeadLetters(
         client or connect(settings, timeout=5),
-        settings.queue,
+        Keys.of(settings),
         max_entries=settings.dlq_max_entries,
         max_age_seconds=settings.dlq_max_age_seconds,
     )

@@ -1,6 +1,6 @@
 """The worker's background duties, on a thread of their own, every `TICK_SECONDS`:
 
-- its heartbeat: `PEXPIRE` on `<q>:alive:<owner>` (a full Redis under `noeviction` still
+- its heartbeat: `PEXPIRE` on `<p><q>:alive:<owner>` (a full Redis under `noeviction` still
   accepts it; `SET` only when the key is gone);
 - moving due retries from the schedule to the back of the queue;
 - putting back the in-flight emails of owners whose heartbeat lapsed — but only once this
@@ -35,7 +35,6 @@ from typing import cast
 
 import redis
 
-from emailq.keys import Keys
 from emailq.worker.in_flight import OWNER, Taken
 from emailq.worker.legacy import Legacy
 from emailq.worker.runtime import Runtime
@@ -121,7 +120,7 @@ class Housekeeper:
         client = self.runtime.redis
         queues = self.runtime.in_flight.queues or {self.settings.queue}
         for queue in queues:
-            if not client.pexpire(Keys(queue).alive(OWNER), self._ttl_ms):
+            if not client.pexpire(self.runtime.in_flight.keys(queue).alive(OWNER), self._ttl_ms):
                 self.runtime.in_flight.register(queue, self._ttl_ms)
         # On Sentinel: the primary this client's connections went to (no round trip).
         primary = getattr(client.connection_pool, "master_address", None)
@@ -140,7 +139,7 @@ class Housekeeper:
     def reclaim_dead(self) -> None:
         client = self.runtime.redis
         for queue in self.runtime.in_flight.queues or {self.settings.queue}:
-            keys = Keys(queue)
+            keys = self.runtime.in_flight.keys(queue)
             others = [raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners)) if raw.decode() != OWNER]
             with client.pipeline(transaction=False) as pipe:
                 for owner in others:
@@ -155,7 +154,7 @@ class Housekeeper:
     def adopt_orphans(self) -> None:
         client = self.runtime.redis
         for queue in self.runtime.in_flight.queues or {self.settings.queue}:
-            keys = Keys(queue)
+            keys = self.runtime.in_flight.keys(queue)
             prefix = keys.inflight("")
             owners = {raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners))}
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
@@ -163,14 +162,18 @@ class Housekeeper:
                 if owner not in owners:
                     log.warning("found %s with no registered worker: registering it for the sweep", key.decode())
                     client.sadd(keys.owners, owner)
-            self._legacy.take_over(queue)
+            # An older release had no key prefix: a prefixed deployment is newer than
+            # it, and the unprefixed keys it would read are another deployment's.
+            if not self.settings.redis_key_prefix:
+                self._legacy.take_over(queue)
         self.runtime.dead_letters.trim()
 
     def give_back_lost(self) -> None:
         client, in_flight = self.runtime.redis, self.runtime.in_flight
         unknown: set[bytes] = set()
         for queue in in_flight.queues:
-            key = Keys(queue).inflight(OWNER)
+            keys = in_flight.keys(queue)
+            key = keys.inflight(OWNER)
             known = in_flight.known_items()
             for item in cast(list[bytes], client.lrange(key, 0, -1)):
                 if item in known:
@@ -179,7 +182,7 @@ class Housekeeper:
                     unknown.add(item)
                     continue
                 log.warning("an email in %s that this worker has no record of (a lost reply, or an ack a failover lost): back on %s", key, queue)
-                in_flight.give_back(Taken(queue, key, item, None, time.monotonic()))
+                in_flight.give_back(Taken(keys.interactive, key, item, None, time.monotonic()))
         self._unknown = unknown
 
     def leave(self) -> None:
@@ -191,7 +194,7 @@ class Housekeeper:
         runtime.in_flight.finish_unfinished()
         try:
             for queue in runtime.in_flight.queues or {self.settings.queue}:
-                keys = Keys(queue)
+                keys = runtime.in_flight.keys(queue)
                 if runtime.redis.llen(keys.inflight(OWNER)) == 0:
                     with runtime.redis.pipeline(transaction=True) as pipe:
                         pipe.srem(keys.owners, OWNER)

@@ -1,7 +1,7 @@
 """The emails this worker process holds, owned by the process rather than by a connection.
 
 A worker process is one *owner* (`OWNER`). It takes an email with BLMOVE from the queue
-onto its own in-flight list (`<q>:inflight:<owner>`, see `emailq.keys`), so an email that
+onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.keys`), so an email that
 was taken is never only in a socket. It leaves that list in one atomic step: acked when
 delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
 
@@ -70,8 +70,9 @@ class Taken:
 class InFlight:
     """This process's records of taken emails, keyed by kombu delivery tag; thread-safe."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, prefix: str):
         self.redis = client
+        self.prefix = prefix
         self._lock = threading.Lock()
         self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
@@ -91,10 +92,14 @@ class InFlight:
         self._release = client.register_script(_RELEASE)
         self._ack = client.register_script(_ACK)
 
+    def keys(self, queue: str) -> Keys:
+        """The keys of `queue` (a name, as kombu knows it) under this process's prefix."""
+        return Keys(queue, prefix=self.prefix)
+
     def register(self, queue: str, heartbeat_ms: int) -> None:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
         list is reclaimed if the heartbeat ever lapses."""
-        keys = Keys(queue)
+        keys = self.keys(queue)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.alive(OWNER), 1, px=heartbeat_ms)
             pipe.sadd(keys.owners, OWNER)
@@ -222,8 +227,8 @@ class InFlight:
 
     def reclaim(self, queue: str, owner: str) -> int:
         """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
-        keys = Keys(queue)
-        return int(self._reclaim(keys=[keys.owners, keys.alive(owner), keys.inflight(owner), queue], args=[owner]))
+        keys = self.keys(queue)
+        return int(self._reclaim(keys=[keys.owners, keys.alive(owner), keys.inflight(owner), keys.interactive], args=[owner]))
 
     def _forget(self, tag: str) -> Taken | None:
         with self._lock:

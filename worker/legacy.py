@@ -7,6 +7,10 @@ on the database, each entry `[message, exchange, routing_key]`, indexed in the s
 set `unacked_index`). A new worker gives both back to the queue, moving each email in one
 atomic step: inboxes once their consumer's heartbeat is gone, unacked entries of this
 queue once no old consumer is alive at all. Other apps' entries are never touched.
+
+That release had no key prefix, so with `EMAILQ_REDIS_KEY_PREFIX` set there is nothing of
+it to take over (and the unprefixed keys belong to another deployment): the Housekeeper
+then skips this.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ return 1
 
 # KEYS: schedule, interactive lane, bulk lane, wake list. ARGV: how many at most, and
 # how many wake tokens to keep at most. Each email goes back to the lane its task message
-# names (the bulk lane when its routing key says so).
+# names (the bulk lane when its routing key, the lane's whole key, says so).
 _MOVE_DUE = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -53,12 +53,10 @@ WAKE_TOKENS = 1000
 
 
 class RetrySchedule:
-    def __init__(self, client: redis.Redis, queue: str):
+    def __init__(self, client: redis.Redis, keys: Keys):
         self.redis = client
-        self.queue = queue
-        keys = Keys(queue)
         self.key = keys.schedule
-        self._keys = [keys.schedule, keys.queue, keys.bulk, keys.wake]
+        self._keys = [keys.schedule, keys.interactive, keys.bulk, keys.wake]
         self._schedule = client.register_script(_SCHEDULE)
         self._move_due = client.register_script(_MOVE_DUE)
 

@@ -15,6 +15,7 @@ import functools
 import threading
 from collections.abc import Callable
 
+from emailq.keys import Keys
 from emailq.redis_client import redis_client
 from emailq.settings import Settings, get_settings
 from emailq.worker import metrics
@@ -43,11 +44,12 @@ class Runtime:
             socket_keepalive=True,
             health_check_interval=10,
         )
-        self.in_flight = InFlight(self.redis)
-        self.schedule = RetrySchedule(self.redis, settings.queue)
+        keys = Keys.of(settings)
+        self.in_flight = InFlight(self.redis, settings.redis_key_prefix)
+        self.schedule = RetrySchedule(self.redis, keys)
         self.dead_letters = DeadLetters(
             self.redis,
-            settings.queue,
+            keys,
             max_entries=settings.dlq_max_entries,
             max_age_seconds=settings.dlq_max_age_seconds,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import redis
 
 from emailq.keys import Keys
+from emailq.settings import get_settings
 
 SLOWDOWN_FACTOR = 2
 SLOWDOWN_SECONDS = 30
@@ -35,7 +36,9 @@ TAKEN, WAIT, EMPTY = 1, 0, 2
 # the queue is deep is most of what a worker saves per email at high rates.
 TAKE_BATCH = 16
 
-# KEYS: interactive lane, bulk lane, in-flight list, rate key, slowdown key, wake list.
+# KEYS (whole names, prefix included: the channel sends this script raw, past kombu's
+# prefixing client): interactive lane, bulk lane, in-flight list, rate key, slowdown key,
+# wake list.
 # ARGV: emission interval in ms (0: no limit), burst tolerance in ms, how many emails at
 # most, bulk every n-th take (0: never first), how many takes came before.
 # Returns {TAKEN, lane, item[, lane, item ...]} | {WAIT, ms} | {EMPTY}.
@@ -88,12 +91,11 @@ return out
 class Taker:
     """The take script's arguments for one queue, and the bookkeeping around it."""
 
-    def __init__(self, queue: str, owner: str, rate_limit: float | None, bulk_every: int):
-        keys = Keys(queue)
+    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
-        self._keys = [keys.queue, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake]
+        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake]
         self._rate = [f"{1000.0 / rate_limit:.3f}", f"{BURST_SHARE * 1000.0:.3f}"] if rate_limit else ["0", "0"]
         self.bulk_every = bulk_every
         self._takes = 0
@@ -107,6 +109,9 @@ class Taker:
         self._takes += count
 
 
-def slow_down(client: redis.Redis, queue: str) -> None:
-    """The endpoint answered 429 while a rate limit is set: slow every worker down."""
-    client.set(Keys(queue).rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
+def slow_down(client: redis.Redis, keys: Keys | str) -> None:
+    """The endpoint answered 429 while a rate limit is set: slow every worker down. A bare
+    queue name stands for its keys under this process's EMAILQ_REDIS_KEY_PREFIX."""
+    if isinstance(keys, str):
+        keys = Keys(keys, prefix=get_settings().redis_key_prefix)
+    client.set(keys.rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)

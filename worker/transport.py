@@ -11,6 +11,13 @@ What changes from kombu's Redis channel:
 - Anything on the queue that is not a deliverable kombu message goes to the DLQ as
   `malformed`, once, and the worker carries on without reconnecting.
 
+With `EMAILQ_REDIS_KEY_PREFIX`, kombu's clients here (`self.client`, `conn_or_acquire`)
+are its `PrefixedStrictRedis`, which prefixes the first key of some commands, and only the
+first key of a script. emailq's keys come whole from `emailq.keys` (`Taker`), so the take
+and the waits go out raw on the connection, never through that client's commands; what
+kombu names by the bare queue (`_size`, the remote-control BRPOP, bindings) goes through
+it and is prefixed once. Every other emailq client is a plain one (`emailq.redis_client`).
+
 On Redis Sentinel (`SentinelTransport`) the channel is the same, on a connection pool
 that asks the Sentinels of the settings for the current primary.
 
@@ -124,7 +131,7 @@ class Channel(kombu_redis.Channel):
         if queue not in rt.in_flight.queues:
             rt.in_flight.register(queue, int(rt.settings.heartbeat_seconds * 1000))
         if queue not in self._takers:
-            self._takers[queue] = Taker(queue, OWNER, rt.settings.rate_limit, rt.settings.bulk_every)
+            self._takers[queue] = Taker(rt.in_flight.keys(queue), OWNER, rt.settings.rate_limit, rt.settings.bulk_every)
         return self._takers[queue]
 
     def _brpop_start(self, timeout: Any = None) -> None:
@@ -241,7 +248,8 @@ class Channel(kombu_redis.Channel):
 
     def _size(self, queue: str) -> int:
         # kombu counts in a MULTI, which a full Redis refuses (queuing any command in a
-        # transaction needs memory); one list per queue needs only an LLEN.
+        # transaction needs memory); one list per queue needs only an LLEN. `queue` is the
+        # bare name: kombu's client adds the key prefix.
         with self.conn_or_acquire() as client:
             return int(client.llen(queue))
 
