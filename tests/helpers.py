@@ -102,6 +102,37 @@ def pace(times: Sequence[float]) -> float:
     return (len(times) - 1) / (max(times) - min(times))
 
 
+class Ingest:
+    """An `emailq serve` process on a free port, with the given EMAILQ_* settings."""
+
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / f"ingest-{self.port}.log"
+        self.process = subprocess.Popen(
+            [EMAILQ, "serve", "--port", str(self.port)],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._up, 20, "the ingest to listen")
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            return httpx.get(self.url + "/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def post(self, body: bytes | None = None, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + "/", content=body, headers=headers or {}, **kwargs)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
 @dataclass
 class Dev:
     """A running `emailq dev`: its process (the leader of its own process group, as a

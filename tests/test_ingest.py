@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 
 from busy_redis import busy
-from conftest import EMAILQ, RedisServer, free_port, wait_for
+from conftest import RedisServer, wait_for
+from helpers import Ingest
 
 TOKEN = "Bearer ingest-token-123"
 LOGTO_BODY = {
@@ -20,35 +18,6 @@ LOGTO_BODY = {
     "type": "SignIn",
     "payload": {"code": "123456", "locale": "en", "uiLocales": "en fr"},
 }
-
-
-class Ingest:
-    def __init__(self, env: dict[str, str], cwd: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = cwd / f"ingest-{self.port}.log"
-        self.process = subprocess.Popen(
-            [EMAILQ, "serve", "--port", str(self.port)],
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._up, 20, "the ingest to listen")
-
-    def _up(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        try:
-            return httpx.get(self.url + "/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def post(self, body: bytes | None = None, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + "/", content=body, headers=headers or {}, **kwargs)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture
