@@ -49,3 +49,34 @@ def test_kombu_channel_state_the_transport_uses():
     for attribute in ("_queue_cycle", "_in_poll", "_brpop_sent_at", "brpop_timeout"):
         assert attribute in source, f"kombu's Redis Channel no longer has {attribute}"
     assert "self.qos.append(message, message.delivery_tag)" in inspect.getsource(virtual.Channel.basic_consume)
+
+
+# --- EMAILQ_REDIS_KEY_PREFIX: kombu's `global_keyprefix` -----------------------------
+
+
+def test_kombu_still_takes_the_global_keyprefix_transport_option():
+    assert "global_keyprefix" in kombu_redis.Channel.from_transport_options
+    assert "PrefixedStrictRedis" in inspect.getsource(kombu_redis.Channel._get_client)
+
+
+def test_kombu_prefixes_the_commands_it_names_queues_by():
+    # The channel's _size (LLEN), kombu's bindings (SADD, SMEMBERS) and remote-control
+    # replies (LPUSH, BRPOP) take the bare names and must get the prefix once.
+    client = kombu_redis.PrefixedStrictRedis(global_keyprefix="p:")
+    assert client._prefix_args(["LLEN", "emailq"]) == ["LLEN", "p:emailq"]
+    assert client._prefix_args(["BRPOP", "x.reply.emailq.pidbox", 1]) == ["BRPOP", "p:x.reply.emailq.pidbox", 1]
+    assert "_prefix_args" in inspect.getsource(kombu_redis.Channel._brpop_start)
+
+
+def test_kombu_leaves_the_channels_raw_sends_and_their_replies_alone():
+    # The take (EVALSHA) and the waits (BLPOP) go out on `client.connection.send_command`
+    # with whole keys: prefixing lives in execute_command, which that path never calls,
+    # and only a BRPOP's reply has the prefix taken off.
+    mixin = inspect.getsource(kombu_redis.GlobalKeyPrefixMixin)
+    assert "def execute_command" in mixin and "send_command" not in mixin
+    assert "command_name == 'BRPOP'" in inspect.getsource(kombu_redis.GlobalKeyPrefixMixin.parse_response)
+
+
+def test_flowers_queue_lengths_still_read_the_global_keyprefix():
+    broker = pytest.importorskip("flower.utils.broker")
+    assert "global_keyprefix" in inspect.getsource(broker.RedisBase.__init__)
