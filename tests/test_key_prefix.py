@@ -90,7 +90,8 @@ def test_every_key_of_a_prefixed_deployment_starts_with_its_prefix(settings_env,
     ingest = Ingest(env, tmp_path)
     try:
         with running_flower(env, tmp_path) as flower:
-            start_worker("-n", "tenant-a@%h", env=env)
+            metrics_port = free_port()
+            start_worker("-n", "tenant-a@%h", env={**env, "EMAILQ_METRICS_PORT": str(metrics_port)})
             sent = [emailq(["send", "--to", to, "--type", "SignIn", "--payload", '{"code": "123456"}'], env, tmp_path).strip() for to in rejecting]
             sent += [emailq(["send", "--to", to, "--type", "SignIn"], env, tmp_path).strip() for to in ("later@example.com", "slower@example.com")]
             sent.append(emailq(["send", "--bulk", "--to", "bulk@example.com", "--type", "Generic"], env, tmp_path).strip())
@@ -112,7 +113,8 @@ def test_every_key_of_a_prefixed_deployment_starts_with_its_prefix(settings_env,
             now = wait_for(lambda: (s := status(env, tmp_path))["in_flight"] == 0 and s, 10, "nothing left in flight", interval=0.2)
             assert len(now["workers"]) == 1 and now["workers"][0].startswith("tenant-a@"), now
             assert (now["queued"], now["in_flight"], now["scheduled"], now["dead_lettered"]) == (0, 0, 0, 1), now
-            assert "emailq_dlq_depth 1.0" in httpx.get(ingest.url + "/metrics").text
+            for metrics in (ingest.url, f"http://127.0.0.1:{metrics_port}"):
+                assert "emailq_dlq_depth 1.0" in httpx.get(metrics + "/metrics").text, metrics
 
             # Flower: the dead letter still there came as a failed task over the events'
             # channels (the replayed one is a success by now), the worker answers its
