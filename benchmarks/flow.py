@@ -62,7 +62,7 @@ def priority(redis_server: RedisServer, workdir: Path, db: int, latency_ms: floa
     started; once it has delivered UNDER_WAY of them, CODES sign-in codes sent one at a
     time (each after the one before arrived): their enqueue-to-delivery times."""
     queue = "bench-priority"
-    keys = Keys(queue)
+    keys = Keys(queue, prefix="")
     client = redis_server.client(db)
     client.flushdb()
     producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=queue))

@@ -17,7 +17,6 @@ from prometheus_client.registry import Collector
 
 from emailq import census
 from emailq.keys import Keys
-from emailq.settings import get_settings
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 
@@ -53,9 +52,6 @@ class DepthCollector(Collector):
         yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)
 
 
-def watch_depths(client: redis.Redis, keys: Keys | str, registry: CollectorRegistry = REGISTRY) -> None:
-    """Report the depths of the queue `keys` names in `registry` (the ingest's unless told).
-    A bare queue name stands for its keys under this process's EMAILQ_REDIS_KEY_PREFIX."""
-    if isinstance(keys, str):
-        keys = Keys(keys, prefix=get_settings().redis_key_prefix)
+def watch_depths(client: redis.Redis, keys: Keys, registry: CollectorRegistry = REGISTRY) -> None:
+    """Report the depths of the queue `keys` names in `registry` (the ingest's unless told)."""
     registry.register(DepthCollector(client, keys))

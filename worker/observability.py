@@ -11,6 +11,7 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from emailq.metrics import watch_depths
+from emailq.keys import Keys
 from emailq.settings import get_settings
 from emailq.worker import metrics, runtime
 from emailq.worker.log_queue import route_through_queue
@@ -63,6 +64,6 @@ def _serve_metrics(**_: Any) -> None:
     settings = get_settings()
     if not settings.metrics_port:
         return
-    watch_depths(runtime.get().redis, settings.queue, registry=metrics.REGISTRY)
+    watch_depths(runtime.get().redis, Keys.of(settings), registry=metrics.REGISTRY)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
     logging.getLogger("emailq.worker").info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import redis
 
 from emailq.keys import Keys
-from emailq.settings import get_settings
 
 SLOWDOWN_FACTOR = 2
 SLOWDOWN_SECONDS = 30
@@ -109,9 +108,6 @@ class Taker:
         self._takes += count
 
 
-def slow_down(client: redis.Redis, keys: Keys | str) -> None:
-    """The endpoint answered 429 while a rate limit is set: slow every worker down. A bare
-    queue name stands for its keys under this process's EMAILQ_REDIS_KEY_PREFIX."""
-    if isinstance(keys, str):
-        keys = Keys(keys, prefix=get_settings().redis_key_prefix)
+def slow_down(client: redis.Redis, keys: Keys) -> None:
+    """The endpoint answered 429 while a rate limit is set: slow every worker down."""
     client.set(keys.rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
