@@ -20,6 +20,7 @@ from celery import signals
 from pydantic import ValidationError
 
 from emailq.errors import EmailqError
+from emailq.keys import Keys
 from emailq.message import Envelope
 from emailq.task_message import TASK_NAME, task_message
 from emailq.worker import metrics, runtime, taking
@@ -41,7 +42,15 @@ _failure_events = FailureEvents(app)
 _housekeeper: Housekeeper | None = None
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, throws=(DeadLettered,))
+# Celery runs it on emailq's lean path (`strategy.py`), or its own with the masked request.
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    throws=(DeadLettered,),
+    Strategy="emailq.worker.strategy:lean",
+    Request="emailq.worker.strategy:MaskedRequest",
+)
 def deliver(task: Any, envelope: Any) -> None:
     rt = runtime.get()
     taken = rt.in_flight.for_message(task.request.id)
@@ -83,7 +92,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
     else:
         rt.breaker.succeeded()
     if outcome.status == 429 and rt.settings.rate_limit:
-        taking.slow_down(rt.redis, rt.settings.queue)
+        taking.slow_down(rt.redis, Keys.of(rt.settings))
     if outcome.delivered:
         metrics.DELIVERED.inc()
         metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - envelope.created_at))
@@ -93,7 +102,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
         # Back to the lane it came from (the task message's routing key says which).
-        message = task_message(retry, taken.lane if taken else rt.settings.queue)
+        message = task_message(retry, taken.lane if taken else Keys.of(rt.settings).interactive)
         if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
             metrics.RETRIED.inc()
             log.info(

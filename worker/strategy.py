@@ -1,0 +1,112 @@
+"""How a worker runs `emailq.deliver`: a lean path through Celery's threads pool.
+
+Per message, Celery's default strategy builds a `Request` (revocation, ETA and rate-limit
+checks, time limits, a result-backend context) and runs the task through its tracer
+(signals, result storing, state bookkeeping). On a 0 ms endpoint that machinery costs
+more CPU than the POST, and a worker is one process whose threads share one interpreter
+lock. emailq's task needs none of it: no ETA (retries wait in the Redis schedule), no
+revocation, no result, no per-task events by default, and the threads pool has no time
+limits. So the message goes to the pool with a request that Celery's remote control and
+shutdown still see (`inspect active`, `stats`' counts, a cold shutdown's cancel, which
+for threads is a no-op: unsettled emails go back to the queue through `in_flight.py`),
+and it is acked (or left to the in-flight list) as the default path would.
+
+Anything else takes Celery's default path: per-task events (`EMAILQ_TASK_EVENTS=all`),
+another pool, or a message this path does not expect (an ETA, an expiry, protocol 1).
+Both paths show the masked arguments to remote control, never a one-time code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.concurrency.thread import TaskPool
+from celery.worker import state
+from celery.worker.request import Request
+from celery.worker.strategy import default
+
+log = logging.getLogger("emailq.worker")
+
+
+class MaskedRequest(Request):
+    """Celery's request (the default path), whose `info` (what `inspect active` and
+    Flower's worker pages show) gives the masked arguments: never a one-time code."""
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return super().info(safe=True)
+
+
+class LeanRequest:
+    """What Celery's worker state, remote control and shutdown read of a request."""
+
+    __slots__ = ("id", "name", "hostname", "argsrepr", "root_id", "args", "delivery_info", "task", "acknowledged", "time_start", "__weakref__")
+
+    def __init__(self, task: Any, hostname: str, headers: dict[str, Any], args: list[Any], delivery_info: dict[str, Any]):
+        self.task, self.name, self.hostname = task, task.name, hostname
+        self.id: str = headers["id"]
+        self.argsrepr = headers.get("argsrepr")
+        self.root_id = headers.get("root_id")
+        self.args, self.delivery_info = args, delivery_info
+        self.acknowledged = False
+        self.time_start: float | None = None
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "args": self.argsrepr,
+            "kwargs": "{}",
+            "type": self.name,
+            "hostname": self.hostname,
+            "time_start": self.time_start,
+            "acknowledged": self.acknowledged,
+            "delivery_info": self.delivery_info,
+            "worker_pid": None,
+        }
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        pass  # a thread cannot be stopped; its email is settled or given back either way
+
+    def terminate(self, pool: Any, signal: Any = None) -> None:
+        pass
+
+
+def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
+    """A Celery task strategy (`Task.Strategy`): the message handler for `task`."""
+    celery_default = default(task, app, consumer, **options)
+    if app.conf.worker_send_task_events or not isinstance(consumer.pool, TaskPool):
+        return celery_default
+    pool, hostname, connection_errors = consumer.pool, consumer.hostname, consumer.connection_errors
+
+    def run(request: LeanRequest, ack: Any) -> None:
+        request.time_start = time.monotonic()
+        state.task_accepted(request)
+        task.push_request(id=request.id, hostname=hostname, argsrepr=request.argsrepr, root_id=request.root_id, delivery_info=request.delivery_info)
+        try:
+            task.run(*request.args)
+        except task.throws:
+            pass  # dead-lettered and announced by the task itself
+        except Exception:
+            # As Celery acks a late-acked task that failed: the task settles its email
+            # before anything that could raise here, so nothing is lost.
+            log.exception("%s[%s] raised unexpectedly", task.name, request.id)
+        finally:
+            task.pop_request()
+            request.acknowledged = True
+            ack(log, connection_errors)
+            state.task_ready(request, successful=True)
+
+    def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
+        headers = message.headers
+        decoded = message.decode()  # kombu keeps it: the default path would not decode again
+        usual = isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list) and not decoded[1]
+        if callbacks or not usual or headers.get("eta") or headers.get("expires") or "id" not in headers:
+            return celery_default(message, body, ack, reject, callbacks)
+        request = LeanRequest(task, hostname, headers, decoded[0], message.delivery_info)
+        state.task_reserved(request)
+        pool.apply_async(run, args=(request, ack))
+        return None
+
+    return handler
