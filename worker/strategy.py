@@ -96,7 +96,7 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             task.pop_request()
             request.acknowledged = True
             ack(log, connection_errors)
-            state.task_ready(request, successful=True)
+            state.task_ready(request)
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         headers = message.headers
