@@ -41,7 +41,10 @@ class MaskedRequest(Request):
 class LeanRequest:
     """What Celery's worker state, remote control and shutdown read of a request."""
 
-    __slots__ = ("id", "name", "hostname", "argsrepr", "root_id", "args", "delivery_info", "task", "acknowledged", "time_start", "__weakref__")
+    __slots__ = (
+        *("id", "name", "hostname", "argsrepr", "root_id", "args", "delivery_info"),
+        *("task", "acknowledged", "time_start", "eventer", "__weakref__"),
+    )
 
     def __init__(self, task: Any, hostname: str, headers: dict[str, Any], args: list[Any], delivery_info: dict[str, Any]):
         self.task, self.name, self.hostname = task, task.name, hostname
@@ -51,6 +54,7 @@ class LeanRequest:
         self.args, self.delivery_info = args, delivery_info
         self.acknowledged = False
         self.time_start: float | None = None
+        self.eventer: Any = None  # set by Celery's consumer on a reconnect; unused here
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return {

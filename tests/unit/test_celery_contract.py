@@ -10,6 +10,7 @@ from celery import Celery
 from celery.concurrency import base, thread
 from celery.worker import state, strategy
 from celery.worker.consumer import consumer
+from celery.worker.consumer import events as consumer_events
 from celery.worker.request import Request
 from kombu import Message
 
@@ -58,6 +59,8 @@ def test_a_lean_request_answers_what_celery_reads_of_requests():
     fields = set(Request(message, app=app, task=task).info())
     lean = LeanRequest(task, "host", headers, [], {})
     assert fields <= set(lean.info())
-    for attribute in ("id", "name", "task", "acknowledged", "time_start"):
+    for attribute in ("id", "name", "task", "acknowledged", "time_start", "eventer"):
         assert hasattr(lean, attribute), attribute
+    # What Celery's consumer writes on the requests it holds when it reconnects.
+    assert "request.eventer = dis" in inspect.getsource(consumer_events.Events.start)
     assert callable(lean.cancel) and callable(lean.terminate)
