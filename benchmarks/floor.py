@@ -8,7 +8,8 @@ BENCH_FLOOR_CONFIG picks the setup:
 - `emailq` (default): exactly emailq's Celery configuration, `worker.app.celery_config`
   (threads pool at EMAILQ_CONCURRENCY, late acks, prefetch x1, task events, emailq's
   transport and consumer), read from the same EMAILQ_* variables. emailq's worker and this
-  floor then differ only in the task body.
+  floor then differ in the task body, and in the path Celery runs it on: this task takes
+  Celery's own (Request, tracer), emailq's its lean one (`emailq.worker.strategy`).
 - `celery`: Celery's defaults, as the naive app has them (prefork, early acks, prefetch x4).
 
 Each process appends `<bid> <unix time>` lines to BENCH_RECORD_DIR/floor-<pid>.log.
