@@ -20,7 +20,9 @@ test: install
 	$(VENV)/bin/ruff check producer worker tests benchmarks
 	$(VENV)/bin/ruff format --check producer worker tests benchmarks
 	$(MAKE) --no-print-directory typecheck
-	$(PY) -m pytest
+	# The fast tier first (in-process, seconds): a broken unit fails before minutes of real processes.
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest --ignore=tests/unit
 
 # mypy cannot follow setuptools' package-dir: it reads links laid out as the package
 # installs (producer/ as `emailq`, worker/ as `emailq.worker`); [tool.mypy] points there.

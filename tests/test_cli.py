@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import free_port, run_emailq
+from helpers import SIGN_IN
 
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 

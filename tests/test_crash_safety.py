@@ -7,11 +7,9 @@ import time
 from collections import Counter
 
 from conftest import Reply, wait_for
-from helpers import KEYS, assert_one_home
+from helpers import KEYS, SIGN_IN, assert_one_home
 
 from emailq import census
-
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 
 
 def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_worker, redis_client, defaults_env):

@@ -7,12 +7,11 @@ import time
 
 import pytest
 from conftest import Reply, wait_for
-from helpers import KEYS, assert_one_home
+from helpers import KEYS, SIGN_IN, assert_one_home
 
 pytestmark = pytest.mark.slow
 
 
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 OUTAGE_SECONDS = 20
 
 

@@ -13,14 +13,12 @@ import pytest
 import trustme
 
 from conftest import Endpoint, Reply, wait_for
-from helpers import KEYS
+from helpers import KEYS, SIGN_IN
 
 from emailq.message import Email, Envelope
 from emailq.settings import Settings
 from emailq.worker.dead_letters import DeadLetters
 from emailq.worker.delivery import Deliverer, build_client
-
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 
 
 def store(redis_client) -> DeadLetters:

@@ -9,14 +9,12 @@ import time
 from collections import Counter
 
 from conftest import Reply, wait_for
-from helpers import KEYS, assert_one_home
+from helpers import KEYS, SIGN_IN, assert_one_home
 
 from emailq import census
 from emailq.message import Email, Envelope
 from emailq.task_message import task_message
 from emailq.worker.dead_letters import DeadLetters
-
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 
 
 def test_a_dropped_connection_duplicates_nothing(producer, endpoint, start_worker, redis_client, defaults_env):

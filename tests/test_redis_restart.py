@@ -8,9 +8,8 @@ import time
 import pytest
 
 from conftest import RedisServer, Reply, settings_from, wait_for
+from helpers import SIGN_IN
 from emailq import Producer, QueueUnavailable
-
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 
 
 def test_redis_killed_and_restarted_loses_nothing(settings_env, endpoint, start_worker, tmp_path):

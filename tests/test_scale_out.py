@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from conftest import Reply, wait_for
-
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
+from helpers import SIGN_IN
 
 
 def test_three_workers_deliver_each_email_exactly_once(producer, endpoint, start_worker, redis_client):

@@ -8,8 +8,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import wait_for
+from helpers import SIGN_IN
 
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 OLD = "whsec_" + base64.b64encode(b"old-key-old-key-old-key-32-bytes").decode()
 NEW = "whsec_" + base64.b64encode(b"new-key-new-key-new-key-32-bytes").decode()
 

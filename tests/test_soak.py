@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 from conftest import Reply, wait_for
+from helpers import SIGN_IN
 
 pytestmark = pytest.mark.slow
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "90"))
 RATE = 100  # emails per second
-SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}}
 
 
 def rss_mb(pid: int) -> float:
