@@ -9,7 +9,8 @@ revocation, no result, no per-task events by default, and the threads pool has n
 limits. So the message goes to the pool with a request that Celery's remote control and
 shutdown still see (`inspect active`, `stats`' counts, a cold shutdown's cancel, which
 for threads is a no-op: unsettled emails go back to the queue through `in_flight.py`),
-and it is acked (or left to the in-flight list) as the default path would.
+and it is acked as the default path would; after a bug (an exception the task did not
+expect) it is rejected instead, which gives an unsettled email back to its lane.
 
 Anything else takes Celery's default path: per-task events (`EMAILQ_TASK_EVENTS=all`),
 another pool, or a message this path does not expect (an ETA, an expiry, protocol 1).
@@ -84,22 +85,25 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
         return celery_default
     pool, hostname, connection_errors = consumer.pool, consumer.hostname, consumer.connection_errors
 
-    def run(request: LeanRequest, ack: Any) -> None:
+    def run(request: LeanRequest, ack: Any, reject: Any) -> None:
         request.time_start = time.monotonic()
         state.task_accepted(request)
         task.push_request(id=request.id, hostname=hostname, argsrepr=request.argsrepr, root_id=request.root_id, delivery_info=request.delivery_info)
+        broke = False
         try:
             task.run(*request.args)
         except task.throws:
             pass  # dead-lettered and announced by the task itself
         except Exception:
-            # As Celery acks a late-acked task that failed: the task settles its email
-            # before anything that could raise here, so nothing is lost.
-            log.exception("%s[%s] raised unexpectedly", task.name, request.id)
+            # A bug, not an outcome. Celery's own path would ack the message, and an ack
+            # removes an unsettled email from Redis; a reject gives it back to its lane
+            # (`QoS.reject`), and nothing if the task had already moved it.
+            broke = True
+            log.exception("%s[%s] raised unexpectedly; its email goes back on the queue unless already settled", task.name, request.id)
         finally:
             task.pop_request()
             request.acknowledged = True
-            ack(log, connection_errors)
+            (reject if broke else ack)(log, connection_errors)
             state.task_ready(request)
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
@@ -110,7 +114,7 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             return celery_default(message, body, ack, reject, callbacks)
         request = LeanRequest(task, hostname, headers, decoded[0], message.delivery_info)
         state.task_reserved(request)
-        pool.apply_async(run, args=(request, ack))
+        pool.apply_async(run, args=(request, ack, reject))
         return None
 
     return handler

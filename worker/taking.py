@@ -19,9 +19,13 @@ the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
 
 from __future__ import annotations
 
+import logging
+
 import redis
 
 from emailq.keys import Keys
+
+log = logging.getLogger("emailq.worker")
 
 SLOWDOWN_FACTOR = 2
 SLOWDOWN_SECONDS = 30
@@ -109,5 +113,9 @@ class Taker:
 
 
 def slow_down(client: redis.Redis, keys: Keys) -> None:
-    """The endpoint answered 429 while a rate limit is set: slow every worker down."""
-    client.set(keys.rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
+    """The endpoint answered 429 while a rate limit is set: slow every worker down. Advice
+    only: a Redis that refuses it must not stop the email's own retry from being written."""
+    try:
+        client.set(keys.rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
+    except redis.RedisError as error:
+        log.warning("could not slow the cluster down after a 429 (%s)", error)
