@@ -3,8 +3,11 @@ and another worker delivers everything it held within a minute (its heartbeat la
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
+
+import pytest
 
 from conftest import Reply, wait_for
 from helpers import KEYS, SIGN_IN, assert_one_home
@@ -73,4 +76,24 @@ def test_a_worker_stopped_mid_stream_delivers_nothing_twice(producer, endpoint, 
     wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 5, "nothing left in flight")
     twice = [key for key, n in Counter(r.key for r in endpoint.received).items() if n > 1]
     assert not twice, f"{len(twice)} emails were POSTed twice across a clean stop"
+    assert_one_home(redis_client)
+
+
+# `failures` (the default) runs emailq's lean path, `all` Celery's own (strategy.py).
+@pytest.mark.parametrize("task_events", ["failures", "all"])
+def test_a_cold_shutdown_loses_nothing(producer, endpoint, start_worker, redis_client, defaults_env, task_events):
+    # SIGQUIT is Celery's cold shutdown: it cancels the requests it holds (for emailq's
+    # threads, a no-op) and stops the pool from its signal handler. The worker must exit,
+    # and every email it held be delivered, by it or (its heartbeat lapsed) the next one.
+    endpoint.behave = lambda headers, body: Reply(200, delay=1.0)
+    first = start_worker(env={**defaults_env, "EMAILQ_TASK_EVENTS": task_events})
+    ids = producer.send_many([SIGN_IN] * 200)
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight >= 32, 20, "deliveries in flight")
+    first.process.send_signal(signal.SIGQUIT)
+    first.process.wait(60)
+    assert len(set(endpoint.delivered_keys())) < len(ids), "the worker finished before the stop: the test proved nothing"
+
+    start_worker(env=defaults_env)
+    wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 90, "every email delivered", interval=0.2)
+    wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 60, "nothing left in flight", interval=0.2)
     assert_one_home(redis_client)

@@ -36,7 +36,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "task_ignore_result": True,
         "worker_prefetch_multiplier": 1,
-        "worker_pool": "threads",
+        # Celery's threads pool (`pool.py`).
+        "worker_pool": "emailq.worker.pool:ThreadPool",
         "worker_concurrency": settings.concurrency,
         # Flower still lists every dead letter: see worker.failure_events.
         "worker_send_task_events": settings.task_events == "all",
