@@ -4,6 +4,7 @@ changes any of it fails here, naming the piece, before a worker misbehaves."""
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from celery import Celery
@@ -14,6 +15,7 @@ from celery.worker.consumer import events as consumer_events
 from celery.worker.request import Request
 from kombu import Message
 
+from emailq.worker.pool import ThreadPool
 from emailq.worker.strategy import LeanRequest
 
 FUNCTIONS = [
@@ -64,3 +66,16 @@ def test_a_lean_request_answers_what_celery_reads_of_requests():
     # What Celery's consumer writes on the requests it holds when it reconnects.
     assert "request.eventer = dis" in inspect.getsource(consumer_events.Events.start)
     assert callable(lean.cancel) and callable(lean.terminate)
+
+
+def test_the_pool_can_be_stopped_from_inside_its_own_submit():
+    # Celery's cold shutdown calls the pool's stop from a signal handler (`pool.py`).
+    assert "self.executor.shutdown(" in inspect.getsource(thread.TaskPool.on_stop)
+    for method in (ThreadPoolExecutor.submit, ThreadPoolExecutor.shutdown):
+        assert "with self._shutdown_lock" in inspect.getsource(method), f"{method.__qualname__} no longer takes _shutdown_lock"
+    pool = ThreadPool(limit=2)
+    try:
+        with pool.executor._shutdown_lock:  # as submit holds it
+            pool.stop()  # a plain Lock would wait here forever
+    finally:
+        pool.executor.shutdown(wait=False)
