@@ -2,8 +2,9 @@
 
 Delivered: acked. A retryable failure: into the retry schedule with one more attempt
 spent, and the thread is free at once. Anything else: the DLQ, with every attempt's
-outcome; the task then raises `DeadLettered`, so Celery records it as failed and Flower
-lists it with the reason. An unexpected exception dead-letters the email as `error` too.
+outcome; Flower lists it as a failed task with the reason (`failure_events.py`), and the
+task raises `DeadLettered`, which either path that runs it (`strategy.py`) expects. An
+unexpected exception in the delivery dead-letters the email as `error` too.
 If Redis cannot take the move yet (full, unreachable), the email stays in this worker's
 in-flight list and the worker repeats the move until Redis takes it: it is never acked
 unmoved, and no thread waits for it.
