@@ -187,3 +187,36 @@ def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+FLOWER_AUTH = ("ops", "flower-pass-1")
+
+
+@contextmanager
+def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH) -> Iterator[str]:
+    """`emailq flower` with basic auth `auth`, on a free port: yields its URL. Its log is
+    `cwd / "flower.log"`."""
+    port = free_port()
+    log = cwd / "flower.log"
+    process = subprocess.Popen(
+        [EMAILQ, "flower", "--port", str(port)],
+        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(auth)},
+        cwd=cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(url + "/healthcheck").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, 30, "Flower to listen")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import httpx
 import pytest
 
-from conftest import EMAILQ, Reply, free_port, wait_for
+from conftest import Reply, wait_for
+from helpers import running_flower
 
 AUTH = ("ops", "flower-pass-1")
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "987654", "link": "https://x.io/magic?t=abc"}}
@@ -17,29 +16,9 @@ SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "987654",
 
 @pytest.fixture
 def flower(settings_env, redis_client, tmp_path):
-    port = free_port()
-    log = tmp_path / "flower.log"
-    process = subprocess.Popen(
-        [EMAILQ, "flower", "--port", str(port)],
-        env={**os.environ, **settings_env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(AUTH)},
-        cwd=tmp_path,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(url + "/healthcheck").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, 30, "Flower to listen")
-    yield url
-    process.terminate()
-    process.wait(10)
-    assert ":".join(AUTH) not in log.read_text()
+    with running_flower(settings_env, tmp_path, AUTH) as url:
+        yield url
+    assert ":".join(AUTH) not in (tmp_path / "flower.log").read_text()
 
 
 def test_flower_requires_basic_auth(flower):

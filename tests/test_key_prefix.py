@@ -5,24 +5,19 @@ different prefixes each deliver, count and answer for only their own."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import redis
 
-from conftest import EMAILQ, Endpoint, Reply, run_emailq, settings_from, wait_for
-from helpers import INVITATION, SIGN_IN, Ingest, assert_one_home, free_port
+from conftest import Endpoint, Reply, run_emailq, settings_from, wait_for
+from helpers import FLOWER_AUTH, INVITATION, SIGN_IN, Ingest, assert_one_home, free_port, running_flower
 
 from emailq.enqueue import Producer
 from emailq.keys import Keys
 
 TOKEN = "Bearer ingest-token-123"
-FLOWER_AUTH = ("ops", "flower-pass-1")
 
 
 def keys_outside(client: redis.Redis, prefix: str) -> list[str]:
@@ -38,34 +33,6 @@ def emailq(args: list[str], env: dict[str, str], cwd: Path) -> str:
 
 def status(env: dict[str, str], cwd: Path) -> dict:
     return json.loads(emailq(["status", "--json"], env, cwd))
-
-
-@contextmanager
-def running_flower(env: dict[str, str], cwd: Path) -> Iterator[str]:
-    port = free_port()
-    log = cwd / "flower.log"
-    process = subprocess.Popen(
-        [EMAILQ, "flower", "--port", str(port)],
-        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)},
-        cwd=cwd,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(url + "/healthcheck").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(up, 30, "Flower to listen")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_every_key_of_a_prefixed_deployment_starts_with_its_prefix(settings_env, endpoint, start_worker, redis_client, tmp_path):
