@@ -24,13 +24,7 @@ test: install
 	$(PY) -m pytest tests/unit
 	$(PY) -m pytest --ignore=tests/unit
 
-# mypy cannot follow setuptools' package-dir: it reads links laid out as the package
-# installs (producer/ as `emailq`, worker/ as `emailq.worker`); [tool.mypy] points there.
-MYPY_TREE := build/mypy
 typecheck: install
-	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/emailq
-	ln -s $(CURDIR)/producer/*.py $(MYPY_TREE)/emailq/
-	ln -s $(CURDIR)/worker $(MYPY_TREE)/emailq/worker
 	$(VENV)/bin/mypy
 
 bench: install

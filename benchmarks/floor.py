@@ -9,7 +9,7 @@ BENCH_FLOOR_CONFIG picks the setup:
   (threads pool at EMAILQ_CONCURRENCY, late acks, prefetch x1, task events, emailq's
   transport and consumer), read from the same EMAILQ_* variables. emailq's worker and this
   floor then differ in the task body, and in the path Celery runs it on: this task takes
-  Celery's own (Request, tracer), emailq's its lean one (`emailq.worker.strategy`).
+  Celery's own (Request, tracer), emailq's its lean one (`emailq.worker.celery_glue.strategy`).
 - `celery`: Celery's defaults, as the naive app has them (prefork, early acks, prefetch x4).
 
 Each process appends `<bid> <unix time>` lines to BENCH_RECORD_DIR/floor-<pid>.log.
@@ -35,7 +35,7 @@ def _app() -> Celery:
         app.conf.task_default_queue = os.environ["BENCH_QUEUE"]
         return app
     from emailq.settings import get_settings
-    from emailq.worker.app import celery_config
+    from emailq.worker.celery_glue.app import celery_config
 
     app = Celery("floor")
     app.conf.update(celery_config(get_settings()))

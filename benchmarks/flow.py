@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks import cells as c
 from benchmarks.harness import Endpoint, RedisServer, median
 from emailq.enqueue import Producer
-from emailq.keys import Keys
+from emailq.store.keys import Keys
 from emailq.settings import Settings
 from tests.helpers import INVITATION, SIGN_IN, busiest_window, pace, sign_in_waits
 

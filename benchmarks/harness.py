@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import redis
 
-from emailq.embedded_redis import redis_server_binary
+from emailq.store.embedded_redis import redis_server_binary
 from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import redis
 
-from emailq import embedded_redis
-from emailq.embedded_redis import redis_server_binary
+from emailq.store import embedded_redis
+from emailq.store.embedded_redis import redis_server_binary
 from emailq.enqueue import Producer
 from emailq.settings import Settings
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import redis
 
-from emailq import census
-from emailq.keys import Keys
+from emailq.store import census
+from emailq.store.keys import Keys
 
 # The `emailq` command of the Python running the tests.
 EMAILQ = str(Path(sys.executable).with_name("emailq"))

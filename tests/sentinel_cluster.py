@@ -24,7 +24,7 @@ import trustme
 
 from conftest import EMAILQ, RedisServer, free_port, run_emailq, wait_for
 from helpers import SIGN_IN
-from emailq.embedded_redis import redis_server_binary
+from emailq.store.embedded_redis import redis_server_binary
 from emailq.errors import QueueUnavailable
 
 MASTER = "emailq-ha"

@@ -12,7 +12,7 @@ import pytest
 from conftest import Reply, wait_for
 from helpers import KEYS, SIGN_IN, assert_one_home
 
-from emailq import census
+from emailq.store import census
 
 
 def test_worker_killed_mid_delivery_loses_nothing(producer, endpoint, start_worker, redis_client, defaults_env):

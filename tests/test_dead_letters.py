@@ -19,7 +19,7 @@ from conftest import EMAILQ, Reply, run_emailq, wait_for
 from helpers import KEYS
 
 from emailq.message import Email, Envelope
-from emailq.worker.dead_letters import DeadLetter, DeadLetters
+from emailq.worker.places.dead_letters import DeadLetter, DeadLetters
 
 CODE = "918273"
 LINK = "https://example.com/magic?token=abcdef"
@@ -294,7 +294,7 @@ def test_status_with_no_worker_running(settings_env, redis_client, producer, tmp
 
 
 def _entries(n: int) -> list[DeadLetter]:
-    """n dead letters built as the worker builds them (worker/tasks.py `_entry`)."""
+    """n dead letters built as the worker builds them (worker/emailq/worker/celery_glue/tasks.py `_entry`)."""
     email = Email(**SIGN_IN)
     now = time.time()
     out = []
@@ -323,7 +323,7 @@ def test_replay_all_killed_midway_loses_and_duplicates_nothing(settings_env, red
     store = store_of(redis_client)
     store.add(entries[0])
     # The rest in two commands, written exactly as `DeadLetters.add` writes them (the
-    # layout documented in worker/dead_letters.py), so that setup takes no time.
+    # layout documented in worker/emailq/worker/places/dead_letters.py), so that setup takes no time.
     redis_client.hset("emailq:dlq", mapping={e.id: json.dumps(asdict(e)) for e in entries[1:]})
     redis_client.zadd("emailq:dlq:index", {e.id: e.failed_at for e in entries[1:]})
     assert store.get(entries[-1].id) == entries[-1]

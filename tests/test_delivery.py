@@ -11,7 +11,7 @@ import pytest
 from conftest import Reply, wait_for
 from helpers import KEYS
 
-from emailq.worker.dead_letters import DeadLetters
+from emailq.worker.places.dead_letters import DeadLetters
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
 SECRET = "Bearer s3cr3t-token-value"

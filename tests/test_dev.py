@@ -10,7 +10,7 @@ import psutil
 
 from helpers import running_dev, wait_for
 
-from emailq import embedded_redis
+from emailq.store import embedded_redis
 
 SIGN_IN = {"to": "you@example.com", "type": "SignIn", "payload": {"code": "123456"}}
 

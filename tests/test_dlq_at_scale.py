@@ -16,8 +16,8 @@ from conftest import EMAILQ, run_emailq
 from helpers import KEYS
 
 from emailq.message import Email, Envelope
-from emailq.worker import dead_letters as dl
-from emailq.worker.dead_letters import DeadLetter, DeadLetters
+from emailq.worker.places import dead_letters as dl
+from emailq.worker.places.dead_letters import DeadLetter, DeadLetters
 
 pytestmark = pytest.mark.slow
 

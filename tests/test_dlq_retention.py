@@ -14,9 +14,9 @@ import pytest
 from helpers import KEYS
 
 from emailq.settings import Settings
-from emailq.worker import dead_letters as dl
+from emailq.worker.places import dead_letters as dl
 from emailq.worker import metrics
-from emailq.worker.dead_letters import DeadLetter, DeadLetters
+from emailq.worker.places.dead_letters import DeadLetter, DeadLetters
 
 DAY = 24 * 3600
 

@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from conftest import run_emailq
-from emailq import ConfigError, Producer, Settings, embedded_redis
+from emailq import ConfigError, Producer, Settings
+from emailq.store import embedded_redis
 
 SEND = ["send", "--to", "foo@logto.io", "--type", "SignIn", "--payload", '{"code": "1"}']
 

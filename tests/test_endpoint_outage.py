@@ -43,7 +43,7 @@ def test_emails_expire_at_their_ttl_while_the_endpoint_is_down(settings_env, end
     from conftest import settings_from
 
     from emailq import Producer
-    from emailq.worker.dead_letters import DeadLetters
+    from emailq.worker.places.dead_letters import DeadLetters
 
     endpoint.go_down()
     start_worker(env={"EMAILQ_MAX_ATTEMPTS": "100"})  # so that only the TTL can stop them

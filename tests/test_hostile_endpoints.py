@@ -17,8 +17,8 @@ from helpers import KEYS, SIGN_IN
 
 from emailq.message import Email, Envelope
 from emailq.settings import Settings
-from emailq.worker.dead_letters import DeadLetters
-from emailq.worker.delivery import Deliverer, build_client
+from emailq.worker.places.dead_letters import DeadLetters
+from emailq.worker.delivery.deliverer import Deliverer, build_client
 
 
 def store(redis_client) -> DeadLetters:

@@ -1,5 +1,5 @@
 """Both HTTP clients under the worker's POSTs (libcurl, httpx), held to the same promises
-(`emailq.worker.http_client`) against a real endpoint on loopback."""
+(`emailq.worker.delivery.http_client`) against a real endpoint on loopback."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import trustme
 
 from conftest import Endpoint, Reply
-from emailq.worker.curl_client import CurlClient
-from emailq.worker.errors import ConnectError, HttpClientError, ReadTimeout
-from emailq.worker.http_client import Answer, HttpClient
-from emailq.worker.httpx_client import HttpxClient
+from emailq.worker.delivery.curl_client import CurlClient
+from emailq.worker.delivery.errors import ConnectError, HttpClientError, ReadTimeout
+from emailq.worker.delivery.http_client import Answer, HttpClient
+from emailq.worker.delivery.httpx_client import HttpxClient
 
 CLIENTS: dict[str, Callable[[int], HttpClient]] = {
     "curl": lambda max_body_bytes: CurlClient(max_body_bytes),

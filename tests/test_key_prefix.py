@@ -15,7 +15,7 @@ from conftest import Endpoint, Reply, run_emailq, settings_from, wait_for
 from helpers import FLOWER_AUTH, INVITATION, SIGN_IN, Ingest, assert_one_home, free_port, running_flower
 
 from emailq.enqueue import Producer
-from emailq.keys import Keys
+from emailq.store.keys import Keys
 
 TOKEN = "Bearer ingest-token-123"
 

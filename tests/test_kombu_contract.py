@@ -1,4 +1,4 @@
-"""What emailq.worker.transport relies on inside kombu's Redis transport. A kombu release
+"""What emailq.worker.celery_glue.transport relies on inside kombu's Redis transport. A kombu release
 that changes any of it fails here, naming the piece, before a worker misbehaves."""
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ METHODS = [
 @pytest.mark.parametrize("owner, name, parameters", METHODS, ids=[f"{o.__name__}.{n}" for o, n, _ in METHODS])
 def test_kombu_still_has_what_the_transport_overrides(owner, name, parameters):
     method = getattr(owner, name, None)
-    assert method is not None, f"kombu {owner.__name__}.{name} is gone: emailq.worker.transport must follow"
+    assert method is not None, f"kombu {owner.__name__}.{name} is gone: emailq.worker.celery_glue.transport must follow"
     assert list(inspect.signature(method).parameters) == parameters, (
-        f"kombu {owner.__name__}.{name} changed its signature: emailq.worker.transport must follow"
+        f"kombu {owner.__name__}.{name} changed its signature: emailq.worker.celery_glue.transport must follow"
     )
 
 

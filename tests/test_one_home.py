@@ -11,10 +11,10 @@ from collections import Counter
 from conftest import Reply, wait_for
 from helpers import KEYS, SIGN_IN, assert_one_home
 
-from emailq import census
+from emailq.store import census
 from emailq.message import Email, Envelope
 from emailq.task_message import task_message
-from emailq.worker.dead_letters import DeadLetters
+from emailq.worker.places.dead_letters import DeadLetters
 
 
 def test_a_dropped_connection_duplicates_nothing(producer, endpoint, start_worker, redis_client, defaults_env):

@@ -31,7 +31,7 @@ from sentinel_cluster import (
     post_to,
     status,
 )
-from emailq.embedded_redis import redis_server_binary
+from emailq.store.embedded_redis import redis_server_binary
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def test_every_client_talks_tls_to_sentinels_and_servers(tls_cluster, settings_e
 
 
 def test_tls_reaches_the_sentinels_and_the_servers_as_set(tmp_path):
-    from emailq.redis_client import sentinel
-    from emailq.worker.app import celery_config
+    from emailq.store.redis_client import sentinel
+    from emailq.worker.celery_glue.app import celery_config
 
     tls = Tls.issue(tmp_path)
     base = {"EMAILQ_REDIS_URL": "sentinel://:pw@a:26379;sentinel://b:26379", "EMAILQ_REDIS_SENTINEL_MASTER": "m", **tls.env()}

@@ -1,6 +1,6 @@
 """Celery's remote control sees emailq's deliveries as it sees any task's.
 
-The worker runs `emailq.deliver` on a lean path (`emailq.worker.strategy`), not through
+The worker runs `emailq.deliver` on a lean path (`emailq.worker.celery_glue.strategy`), not through
 Celery's Request and tracer; what operators read through Celery (`celery inspect`,
 Flower's worker pages) must not notice.
 """
@@ -12,7 +12,7 @@ from celery import Celery
 
 from conftest import Reply, settings_from, wait_for
 from emailq.task_message import TASK_NAME
-from emailq.worker.app import celery_config
+from emailq.worker.celery_glue.app import celery_config
 
 SLOW_SECONDS = 3.0
 CODE = "739104"

@@ -17,7 +17,7 @@ from kombu.transport import redis as kombu_redis
 from conftest import Reply, run_emailq, settings_from, wait_for
 from helpers import KEYS, SIGN_IN, assert_one_home
 from sentinel_cluster import MASTER, Cluster, flower_queue_lengths, ingests, post_to, status
-from emailq import census
+from emailq.store import census
 from emailq.enqueue import Producer
 from emailq.errors import QueueUnavailable
 from emailq.message import Envelope, parse_email
@@ -229,7 +229,7 @@ def test_an_enqueue_no_replica_confirms_may_have_been_enqueued(settings_env, red
 
 
 def test_dlq_purge_says_when_no_replica_holds_it(settings_env, redis_client, tmp_path):
-    from emailq.worker.dead_letters import DeadLetter, DeadLetters
+    from emailq.worker.places.dead_letters import DeadLetter, DeadLetters
 
     DeadLetters(redis_client, KEYS).add(DeadLetter(id="m1", reason="rejected", detail="404", raw="{}"))
     result = run_emailq(["dlq", "purge", "m1"], {**settings_env, "EMAILQ_REDIS_MIN_REPLICAS": "1"}, tmp_path)
@@ -253,7 +253,7 @@ def test_kombu_is_given_one_sentinel_and_keeps_emailqs_transport():
     # it to kombu's own transport (no in-flight lists): the worker must never see `;`.
     from kombu import Connection
 
-    from emailq.worker.app import celery_config
+    from emailq.worker.celery_glue.app import celery_config
 
     settings = settings_from({"EMAILQ_REDIS_URL": "sentinel://:pw@a:26379/1;sentinel://b:26380", "EMAILQ_REDIS_SENTINEL_MASTER": "m"})
     config = celery_config(settings)
@@ -261,7 +261,7 @@ def test_kombu_is_given_one_sentinel_and_keeps_emailqs_transport():
     assert config["broker_transport_options"]["master_name"] == "m"
     connection = Connection(config["broker_url"], transport=config["broker_transport"])
     connection.maybe_switch_next()
-    assert connection.transport_cls == "emailq.worker.transport:SentinelTransport"
+    assert connection.transport_cls == "emailq.worker.celery_glue.transport:SentinelTransport"
 
 
 # Sentinels that never fail over by themselves within the test: the test promotes the

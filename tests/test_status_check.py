@@ -9,7 +9,7 @@ import time
 from conftest import run_emailq, wait_for
 from helpers import KEYS, SIGN_IN, assert_one_home
 
-from emailq.worker.dead_letters import DeadLetters
+from emailq.worker.places.dead_letters import DeadLetters
 
 
 def test_check_reports_an_email_in_two_places_and_an_orphan(producer, redis_client, settings_env, tmp_path):

@@ -13,8 +13,8 @@ import pytest
 from conftest import Reply, wait_for
 from helpers import KEYS, assert_one_home
 
-from emailq import census
-from emailq.worker.dead_letters import DeadLetters
+from emailq.store import census
+from emailq.worker.places.dead_letters import DeadLetters
 
 pytestmark = pytest.mark.slow
 

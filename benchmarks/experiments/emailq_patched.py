@@ -11,7 +11,7 @@ worker/ is edited or patched: this module sets it up at start through its public
   one: `httpx-pool` (httpx's own pool, shared by all threads), `httpx-local` (one httpx
   pool per thread) or `aiohttp` (one asyncio loop in a background thread doing every POST;
   the task's thread waits for its result). Each is an `HttpClient`
-  (`emailq.worker.http_client`) handed to the worker with
+  (`emailq.worker.delivery.http_client`) handed to the worker with
   `emailq.worker.runtime.use_http_client`: the headers, status handling, retry policy,
   circuit breaker and outcomes stay emailq's own.
 
@@ -31,11 +31,11 @@ import httpx
 
 from emailq.settings import Settings
 from emailq.worker import runtime
-from emailq.worker.app import app
-from emailq.worker.cli import main
-from emailq.worker.errors import NetworkError
-from emailq.worker.http_client import Answer, refuse_unsendable
-from emailq.worker.httpx_client import retry_after_seconds
+from emailq.worker.celery_glue.app import app
+from emailq.worker.commands.cli import main
+from emailq.worker.delivery.errors import NetworkError
+from emailq.worker.delivery.http_client import Answer, refuse_unsendable
+from emailq.worker.delivery.httpx_client import retry_after_seconds
 
 
 @app.on_after_configure.connect

@@ -1,4 +1,4 @@
-"""What emailq.worker.strategy relies on inside Celery's worker. A Celery release that
+"""What emailq.worker.celery_glue.strategy relies on inside Celery's worker. A Celery release that
 changes any of it fails here, naming the piece, before a worker misbehaves."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from celery.worker.consumer import events as consumer_events
 from celery.worker.request import Request
 from kombu import Message
 
-from emailq.worker.pool import ThreadPool
-from emailq.worker.strategy import LeanRequest
+from emailq.worker.celery_glue.pool import ThreadPool
+from emailq.worker.celery_glue.strategy import LeanRequest
 
 FUNCTIONS = [
     (state, "task_reserved", ["request"]),
@@ -31,9 +31,11 @@ FUNCTIONS = [
 @pytest.mark.parametrize("owner, name, parameters", FUNCTIONS, ids=[f"{getattr(o, '__name__', o)}.{n}" for o, n, _ in FUNCTIONS])
 def test_celery_still_has_what_the_strategy_calls(owner, name, parameters):
     function = getattr(owner, name, None)
-    assert function is not None, f"celery {owner.__name__}.{name} is gone: emailq.worker.strategy must follow"
+    assert function is not None, f"celery {owner.__name__}.{name} is gone: emailq.worker.celery_glue.strategy must follow"
     names = list(inspect.signature(function).parameters)
-    assert names[: len(parameters)] == parameters, f"celery {owner.__name__}.{name} changed its signature: emailq.worker.strategy must follow"
+    assert names[: len(parameters)] == parameters, (
+        f"celery {owner.__name__}.{name} changed its signature: emailq.worker.celery_glue.strategy must follow"
+    )
 
 
 def test_celery_still_calls_a_strategy_with_message_body_ack_reject_callbacks():

@@ -1,11 +1,11 @@
 """The circuit breaker: when a worker stops taking fresh emails, how it probes, when it
-resumes (the rules in `emailq.worker.circuit_breaker`'s docstring)."""
+resumes (the rules in `emailq.worker.delivery.circuit_breaker`'s docstring)."""
 
 from __future__ import annotations
 
 import time
 
-from emailq.worker.circuit_breaker import MIN_FAILED_ATTEMPT, CircuitBreaker
+from emailq.worker.delivery.circuit_breaker import MIN_FAILED_ATTEMPT, CircuitBreaker
 
 THRESHOLD = 3
 PROBE = 0.05

@@ -11,8 +11,8 @@ import pycurl
 import pytest
 
 import raw_endpoints
-from emailq.worker.curl_client import CurlClient
-from emailq.worker.errors import (
+from emailq.worker.delivery.curl_client import CurlClient
+from emailq.worker.delivery.errors import (
     ConnectError,
     ConnectTimeout,
     HttpClientError,
@@ -20,8 +20,8 @@ from emailq.worker.errors import (
     ReadTimeout,
     RemoteProtocolError,
 )
-from emailq.worker.http_client import HttpClient
-from emailq.worker.httpx_client import HttpxClient
+from emailq.worker.delivery.http_client import HttpClient
+from emailq.worker.delivery.httpx_client import HttpxClient
 
 CONNECT, TIMEOUT = 0.3, 0.6
 # How far past the request timeout an attempt may end: thread wake-ups, not trickles.

@@ -14,11 +14,11 @@ from standardwebhooks.webhooks import Webhook
 from emailq.errors import ConfigError
 from emailq.message import Email, Envelope
 from emailq.settings import Settings
-from emailq.worker.curl_client import CurlClient
-from emailq.worker.delivery import USER_AGENT, Deliverer, build_client
-from emailq.worker.errors import ConnectError, HttpClientError, ReadTimeout
-from emailq.worker.http_client import Answer
-from emailq.worker.httpx_client import HttpxClient
+from emailq.worker.delivery.curl_client import CurlClient
+from emailq.worker.delivery.deliverer import USER_AGENT, Deliverer, build_client
+from emailq.worker.delivery.errors import ConnectError, HttpClientError, ReadTimeout
+from emailq.worker.delivery.http_client import Answer
+from emailq.worker.delivery.httpx_client import HttpxClient
 
 URL = "https://mail.example.com/send"
 EMAIL = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456"}, "ip": "203.0.113.9"}

@@ -1,4 +1,4 @@
-"""The error tree drawn in `emailq.worker.errors`' docstring is the one the code has."""
+"""The error tree drawn in `emailq.worker.delivery.errors`' docstring is the one the code has."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from emailq.errors import EmailqError
-from emailq.worker import errors
+from emailq.worker.delivery import errors
 
 # "    │   ├── ConnectError         refused, ..." or "    ├── ConfigError    (emailq.errors) ..."
 _NODE = re.compile(r"^(?P<indent>[ │]*)(?:[├└]── )?(?P<name>[A-Z]\w+)\s+(?:\((?P<module>emailq[\w.]*)\))?")
@@ -34,7 +34,7 @@ def resolve(name: str, module: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-@pytest.mark.parametrize("module", ["emailq.worker.errors", "emailq.errors"])
+@pytest.mark.parametrize("module", ["emailq.worker.delivery.errors", "emailq.errors"])
 def test_the_drawing_names_every_error_of_both_error_modules(module):
     named = {name for name, where, _ in drawn() if where == module}
     defined = {
@@ -57,4 +57,4 @@ def test_every_drawn_error_derives_from_its_parent_in_the_drawing():
 
 
 def test_dead_lettered_is_an_emailq_error():
-    assert issubclass(resolve("DeadLettered", "emailq.worker.tasks"), EmailqError)
+    assert issubclass(resolve("DeadLettered", "emailq.worker.celery_glue.tasks"), EmailqError)

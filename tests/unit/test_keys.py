@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from emailq.keys import Keys
+from emailq.store.keys import Keys
 from emailq.settings import Settings
 
 

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from emailq.worker.httpx_client import retry_after_seconds
+from emailq.worker.delivery.httpx_client import retry_after_seconds
 
 NOW = 1_800_000_000.0
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from emailq.settings import Settings
-from emailq.worker.errors import (
+from emailq.worker.delivery.errors import (
     ConnectError,
     ConnectTimeout,
     HttpClientError,
@@ -17,7 +17,7 @@ from emailq.worker.errors import (
     RemoteProtocolError,
     RetryableStatus,
 )
-from emailq.worker.retry_policy import RetryPolicy, is_retryable_status
+from emailq.worker.delivery.retry_policy import RetryPolicy, is_retryable_status
 
 BASE, CAP, ATTEMPTS, TTL = 1.0, 60.0, 8, 900.0
 

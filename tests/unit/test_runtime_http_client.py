@@ -8,8 +8,8 @@ import pytest
 from emailq.message import Email, Envelope
 from emailq.settings import Settings
 from emailq.worker import runtime
-from emailq.worker.curl_client import CurlClient
-from emailq.worker.http_client import Answer
+from emailq.worker.delivery.curl_client import CurlClient
+from emailq.worker.delivery.http_client import Answer
 
 
 class CountingClient:

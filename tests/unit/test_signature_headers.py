@@ -10,7 +10,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from emailq.worker.signing import decode_secrets, signature_headers
+from emailq.worker.delivery.signing import decode_secrets, signature_headers
 
 OLD_KEY, NEW_KEY = b"old-key-old-key-old-key-32-bytes", b"new-key-new-key-new-key-32-bytes"
 OLD = "whsec_" + base64.b64encode(OLD_KEY).decode()

@@ -9,8 +9,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from emailq.keys import Keys
-from emailq.worker import taking
+from emailq.store.keys import Keys
+from emailq.worker.places import taking
 from helpers import free_port
 
 

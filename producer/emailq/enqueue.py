@@ -1,0 +1,294 @@
+"""Putting emails on the queue: what a web app calls.
+
+Every email is validated before anything is written, a batch goes in one atomic
+transaction (all or none), and Redis gets a short timeout so that an unreachable
+queue fails a web request fast instead of hanging it. When Redis fails, the error says
+honestly whether the write may have landed: nothing was sent, or it was sent and the
+answer was lost. With `EMAILQ_REDIS_MIN_REPLICAS`, an enqueue is acknowledged only once
+that many replicas hold it (`WAIT`), so that a Sentinel failover cannot lose it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
+from emailq.store.keys import Keys
+from emailq.message import Email, Envelope, parse_email
+from emailq.store.redis_client import redis_client, resolve_redis_url
+from emailq.settings import Settings, get_settings
+from emailq.task_message import task_message
+
+_CHUNK = 1000
+
+# Enqueue an email unless its idempotency key already enqueued one; returns the key's
+# record ("<email digest> <id>") when it did. LPUSH before SET: a script is not rolled
+# back, so the only write that can fail (LPUSH on a wrong type, or the first write under
+# maxmemory) must come first, or a key could be left without its email.
+#   KEYS[1] <p><q>:idem:<hash>   KEYS[2] the email's lane   KEYS[3] <p><q>:wake
+#   ARGV[1] record   ARGV[2] lifetime, ms   ARGV[3] task message   ARGV[4] wake tokens kept
+# The key is set right after the email lands (scripts are not rolled back): nothing after it can part the two.
+_ENQUEUE_ONCE = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('LPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+return false
+"""
+# Idle workers block on the wake list; one token wakes one worker, which then takes until
+# the lanes are empty, so a batch needs only a few.
+WAKE_TOKENS_PER_BATCH = 64
+WAKE_TOKENS_KEPT = 1000
+
+
+__all__ = ["Producer", "connect", "resolve_redis_url", "send_email", "send_many"]
+
+
+def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
+    """A Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying; on
+    Sentinel, one that follows the current primary."""
+    timeout = settings.redis_timeout if timeout is None else timeout
+    return redis_client(
+        settings,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+class Producer:
+    """Enqueues emails on one Redis connection pool; safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
+        self.settings = settings or get_settings()
+        self._redis = client or connect(self.settings)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def ping(self) -> bool:
+        """Whether Redis answers within the producer's timeout."""
+        try:
+            return bool(self._redis.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def validate(self, email: Email | Mapping[str, Any]) -> Email:
+        """The email, checked against the contract; raises InvalidMessage."""
+        if isinstance(email, Email):
+            data: Any = email.model_dump(exclude_none=True)
+        else:
+            data = email
+        return parse_email(
+            data,
+            allow_any_type=self.settings.allow_any_type,
+            max_bytes=self.settings.max_message_bytes,
+        )
+
+    def send(self, email: Email | Mapping[str, Any]) -> str:
+        """Enqueue one email; returns its id (the `Idempotency-Key` the endpoint will see)."""
+        return self.send_many([email])[0]
+
+    def send_many(self, emails: Iterable[Email | Mapping[str, Any]], *, bulk: bool = False) -> list[str]:
+        """Enqueue several emails in one round trip, all or none; returns their ids in order.
+
+        Each goes to the interactive lane, or to the bulk lane when `bulk` or its type is
+        one of `EMAILQ_BULK_TYPES` (bulk waits behind one-time codes, and lives for
+        `EMAILQ_BULK_TTL_SECONDS`). Raises InvalidMessage naming every bad item (by index)
+        before writing anything, and QueueUnavailable (see its `maybe_enqueued`) when
+        Redis fails.
+        """
+        checked: list[Email] = []
+        problems: list[str] = []
+        for index, email in enumerate(emails):
+            try:
+                checked.append(self.validate(email))
+            except InvalidMessage as error:
+                problems.extend(f"item {index}: {problem}" for problem in error.problems)
+        if problems:
+            raise InvalidMessage(problems)
+        envelopes = [self._wrap(e, bulk) for e in checked]
+        ids = [e.id for e in envelopes]
+        lanes = [self._lane(e) for e in envelopes]
+        self.push([(lane, task_message(e, lane)) for e, lane in zip(envelopes, lanes)], ids=ids)
+        return ids
+
+    def _wrap(self, email: Email, bulk: bool) -> Envelope:
+        settings = self.settings
+        if bulk or settings.is_bulk(email.type):
+            return Envelope.wrap(email, settings.bulk_ttl_seconds, bulk=True)
+        return Envelope.wrap(email, settings.message_ttl_seconds)
+
+    def _lane(self, envelope: Envelope) -> str:
+        keys = Keys.of(self.settings)
+        return keys.bulk if envelope.bulk else keys.interactive
+
+    def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
+        """Enqueue `email` unless `key` already enqueued one within EMAILQ_MESSAGE_TTL_SECONDS.
+
+        Returns (id, True) when enqueued now, and (the first id, False) for a repeat of
+        the same email, which enqueues nothing. Raises IdempotencyConflict when `key` was
+        used for a different email, else as `send`. The check and the enqueue are one
+        Redis script: a key never exists without its email, nor an email twice under it.
+        """
+        checked = self.validate(email)
+        envelope = self._wrap(checked, False)
+        digest = _digest(checked)
+        keys, lane = Keys.of(self.settings), self._lane(envelope)
+        record = self._write(
+            [
+                (
+                    "EVAL",
+                    _ENQUEUE_ONCE,
+                    3,
+                    keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
+                    lane,
+                    keys.wake,
+                    f"{digest} {envelope.id}",
+                    max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
+                    task_message(envelope, lane),
+                    WAKE_TOKENS_KEPT,
+                )
+            ],
+            ids=[envelope.id],
+        )
+        if record is None:
+            return envelope.id, True
+        first_digest, _, first_id = record.decode().partition(" ")
+        if first_digest != digest:
+            raise IdempotencyConflict("this idempotency key was already used for a different email")
+        return first_id, False
+
+    def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
+        """LPUSH ready-made task messages, each onto its lane (`(lane, message)` pairs),
+        with wake-up tokens for idle workers, in one MULTI (all or none); `ids`, when
+        given, name them in a QueueUnavailable."""
+        if not messages:
+            return
+        lanes: dict[str, list[str]] = {}
+        for lane, message in messages:
+            lanes.setdefault(lane, []).append(message)
+        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
+        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
+        wake = Keys.of(self.settings).wake
+        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
+        commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
+        self._write(commands, ids=ids)
+
+    def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
+        """Send `commands` in one round trip on one connection; returns the last reply.
+
+        Takes the connection (connect, health check) before sending anything, so that a
+        failure says truthfully whether the write may have landed: before sending,
+        nothing was enqueued; after, a lost answer means Redis may have applied it. Then,
+        with `EMAILQ_REDIS_MIN_REPLICAS`, waits on the same connection for that many
+        replicas to hold the write.
+        """
+        pool = self._redis.connection_pool
+        try:
+            connection = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
+        sent = False
+        try:
+            connection.check_health()  # a PING when idle a while; its failure sent nothing
+            # A failure while sending leaves the last command incomplete: Redis runs none
+            # of it (a batch is one MULTI ... EXEC).
+            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            sent = True
+            replies = [connection.read_response() for _ in commands]
+            refused = [r for r in replies[-1] if isinstance(r, redis.ResponseError)] if isinstance(replies[-1], list) else []
+            if refused:
+                # An EXEC whose commands Redis refused (the key holds another type): each
+                # fails alike, none landed.
+                raise QueueUnavailable(_refused(refused[0]), ids=ids)
+            self._confirm(connection, ids)
+        except (redis.ResponseError, redis.BusyLoadingError, redis.AuthenticationError) as error:
+            # Redis answered, and refused (full, read-only, loading, wrong type).
+            connection.disconnect()  # later replies may be left unread
+            raise QueueUnavailable(_refused(error), ids=ids) from None
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            connection.disconnect()
+            if not sent:
+                raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
+            if isinstance(error.__context__, redis.ReadOnlyError):
+                # A Sentinel client's server was demoted (a failover): it refused the write.
+                raise QueueUnavailable(_refused(error.__context__), ids=ids) from None
+            raise QueueUnavailable(_maybe_enqueued(error, ids or []), maybe_enqueued=True, ids=ids) from None
+        finally:
+            pool.release(connection)
+        return replies[-1]
+
+    def _confirm(self, connection: Any, ids: list[str] | None) -> None:
+        """`WAIT` for `EMAILQ_REDIS_MIN_REPLICAS` replicas to hold this connection's writes,
+        for up to `EMAILQ_REDIS_TIMEOUT`; raises QueueUnavailable(maybe_enqueued=True) if
+        fewer do: the primary has the email, but a failover now could lose it."""
+        wanted = self.settings.redis_min_replicas
+        if wanted <= 0:
+            return
+        timeout = self.settings.redis_timeout
+        connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
+        confirmed = int(connection.read_response(timeout=2 * timeout))
+        if confirmed < wanted:
+            raise QueueUnavailable(_unconfirmed(confirmed, wanted, timeout, ids or []), maybe_enqueued=True, ids=ids)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _digest(email: Email) -> str:
+    """What makes two emails the same for an idempotency key: their JSON, key order aside."""
+    canonical = json.dumps(email.body(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _refused(error: Exception) -> str:
+    if isinstance(error, redis.OutOfMemoryError):
+        return f"Redis is full (maxmemory), nothing was enqueued: {error}"
+    return f"Redis refused the write, nothing was enqueued: {error}"
+
+
+def _maybe_enqueued(error: Exception, ids: list[str]) -> str:
+    what = f"email {ids[0]}" if len(ids) == 1 else f"the {len(ids)} emails" if ids else "the emails"
+    return f"Redis did not answer after the write was sent ({error}): {what} may have been enqueued; sending again may deliver twice"
+
+
+def _unconfirmed(confirmed: int, wanted: int, timeout: float, ids: list[str]) -> str:
+    what = f"email {ids[0]} is" if len(ids) == 1 else f"the {len(ids)} emails are" if ids else "the emails are"
+    return (
+        f"only {confirmed} of the {wanted} replica(s) EMAILQ_REDIS_MIN_REPLICAS asks for confirmed the write "
+        f"within {timeout}s: {what} on the primary and may have been enqueued, but a failover now could lose it; "
+        "sending again may deliver twice"
+    )
+
+
+@functools.cache
+def default_producer() -> Producer:
+    return Producer()
+
+
+def send_email(to: str, type: str, payload: dict[str, Any], ip: str | None = None) -> str:
+    """Enqueue one email with the settings from the environment; returns its id."""
+    data: dict[str, Any] = {"to": to, "type": type, "payload": payload}
+    if ip is not None:
+        data["ip"] = ip
+    return default_producer().send(data)
+
+
+def send_many(emails: Iterable[Email | Mapping[str, Any]], *, bulk: bool = False) -> list[str]:
+    """Enqueue several emails in one round trip, all or none; returns their ids. `bulk`:
+    the bulk lane, behind one-time codes (see `Producer.send_many`)."""
+    return default_producer().send_many(emails, bulk=bulk)

@@ -1,6 +1,0 @@
-"""The emailq worker: the Celery app, delivery, the dead-letter queue, the `emailq` command."""
-
-from emailq.worker.app import app
-from emailq.worker.dead_letters import DeadLetter, DeadLetters
-
-__all__ = ["DeadLetter", "DeadLetters", "app"]

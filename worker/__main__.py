@@ -1,3 +1,0 @@
-from emailq.worker.cli import main
-
-main()

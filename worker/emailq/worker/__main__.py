@@ -1,0 +1,3 @@
+from emailq.worker.commands.cli import main
+
+main()

@@ -1,0 +1,2 @@
+"""The worker's side of an email's places in Redis: taking, in flight, the retry schedule,
+the dead-letter queue, and the housekeeping that reclaims and sweeps them."""

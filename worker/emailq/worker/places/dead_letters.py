@@ -1,0 +1,392 @@
+"""The dead-letter queue: emails that could not be delivered, kept whole for replay.
+
+Redis layout (`emailq.store.keys`), next to the queue `<p><q>` (key prefix, queue name):
+
+- `<p><q>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
+- `<p><q>:dlq:index`  sorted set, message id scored by the time it failed
+
+Every move in or out is one atomic step (MULTI/EXEC or a Lua script), so a crash in the
+middle of a replay or purge leaves each email either in the DLQ or on the queue, never
+both and never neither. The CLI, `emailq status`, metrics and tests all use this class.
+
+Scale: every verb that touches many entries (`entries`, `replay_all`, `purge_all`) walks
+the index newest first, `BATCH` ids per round trip, so its memory does not grow with the
+DLQ; entries dead-lettered after a walk started are not visited by it.
+
+Retention: entries hold addresses and codes (personal data), so the oldest entries
+beyond `max_entries` and every entry that failed more than `max_age_seconds` ago are
+dropped — inside the same script that adds an entry (at most `TRIM_PER_ADD` per add, so
+a huge backlog is trimmed gradually and no add blocks Redis for long), and by `trim()`.
+Each drop is logged (a count, never an address) and counted in `emailq_dlq_dropped`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import json
+import logging
+import time
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import redis
+from pydantic import ValidationError
+
+from emailq.errors import NotFound
+from emailq.store.keys import Keys
+from emailq.message import Envelope, masked
+from emailq.task_message import task_message
+from emailq.worker import metrics
+
+log = logging.getLogger("emailq.worker")
+
+REASONS = ("rejected", "exhausted", "expired", "malformed", "error")
+RAW_LIMIT = 65536
+
+DEFAULT_MAX_ENTRIES = 10_000  # as many as Sidekiq keeps
+DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600  # as long as Dramatiq keeps: personal data, lean short
+TRIM_PER_ADD = 100  # entries an add may drop at most
+BATCH = 500  # ids per round trip (and per script call) when walking the DLQ
+
+# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries scored below
+# `cutoff` (a failed_at; '-inf': no age limit), then the oldest beyond `max_entries` (0: no
+# cap), at most `budget` in all. Returns {dropped by count, dropped by age}.
+_RETAIN = """
+local function retain(max_entries, cutoff, budget)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, budget)
+  if #old > 0 then
+    redis.call('HDEL', KEYS[1], unpack(old))
+    redis.call('ZREM', KEYS[2], unpack(old))
+  end
+  local excess = 0
+  if max_entries > 0 then excess = redis.call('ZCARD', KEYS[2]) - max_entries end
+  local n = math.min(excess, budget - #old)
+  local over = {}
+  if n > 0 then
+    over = redis.call('ZRANGE', KEYS[2], 0, n - 1)
+    redis.call('HDEL', KEYS[1], unpack(over))
+    redis.call('ZREM', KEYS[2], unpack(over))
+  end
+  return {#over, #old}
+end
+"""
+
+# KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
+# ('' when the entry comes from nowhere), then retention's max_entries, cutoff, budget.
+# Types are checked first so that a key of the wrong type fails the whole move rather
+# than half of it; retention runs last, so a Redis too full for the HSET refuses the add
+# before anything is dropped (a drop is never left unlogged). Returns {added (0: the list
+# no longer held the item), dropped by count, dropped by age}.
+_ADD = (
+    _RETAIN
+    + """
+if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then return {0, 0, 0} end
+local t1, t2 = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
+if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'zset') then
+  return redis.error_reply('WRONGTYPE the dead-letter keys hold another type')
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
+local dropped = retain(tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]))
+return {1, dropped[1], dropped[2]}
+"""
+)
+
+# KEYS: dlq, index. ARGV: max_entries, cutoff, budget.
+_TRIM = (
+    _RETAIN
+    + """
+return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
+"""
+)
+
+# KEYS: dlq, index, the email's lane, the wake list. ARGV: id, the task message.
+_REPLAY = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LPUSH', KEYS[4], 1)
+redis.call('LTRIM', KEYS[4], 0, 999)
+return 1
+"""
+
+
+@dataclass
+class DeadLetter:
+    """One dead-lettered email; `envelope` is the whole original message, or None when the
+    message could not be decoded (then `raw` holds what arrived)."""
+
+    id: str
+    reason: str
+    detail: str = ""
+    status: int | None = None
+    response_excerpt: str = ""
+    attempts: int = 0
+    first_attempt_at: float | None = None
+    last_attempt_at: float | None = None
+    failed_at: float = field(default_factory=time.time)
+    # Every attempt's outcome, oldest first: {"at": time, "status": int} or {"at", "error"}.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    envelope: dict[str, Any] | None = None
+    raw: str | None = None
+
+    @property
+    def to(self) -> str | None:
+        return (self.envelope or {}).get("message", {}).get("to")
+
+    @property
+    def type(self) -> str | None:
+        return (self.envelope or {}).get("message", {}).get("type")
+
+    def summary(self) -> str:
+        """One line for logs and Flower: reason, status, excerpt; never a secret."""
+        parts = [self.reason]
+        if self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        if self.detail and self.detail != f"HTTP {self.status}":
+            parts.append(self.detail)
+        if self.response_excerpt:
+            parts.append(repr(self.response_excerpt[:120]))
+        return ": ".join(parts[:1]) + (" — " + ", ".join(parts[1:]) if len(parts) > 1 else "")
+
+    def public(self, reveal: bool = False) -> dict[str, Any]:
+        """The entry as shown to operators; one-time codes and links masked unless `reveal`.
+        A new dict, but its nested values are the entry's own: read it, do not change it."""
+        data = dict(vars(self))
+        data["to"], data["type"] = self.to, self.type
+        if self.envelope and not reveal:
+            data["envelope"] = {**self.envelope, "message": masked(self.envelope["message"])}
+        return data
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What one retention pass dropped."""
+
+    by_count: int = 0
+    by_age: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.by_count + self.by_age
+
+    def __add__(self, other: Dropped) -> Dropped:
+        return Dropped(self.by_count + other.by_count, self.by_age + other.by_age)
+
+
+class DeadLetters:
+    """The DLQ of the queue whose keys are `keys`, with its retention policy.
+
+    - `max_entries`: the oldest entries beyond this many are dropped (0: no cap);
+    - `max_age_seconds`: entries that failed longer ago than this are dropped (0: kept
+      whatever their age).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+    ):
+        self._redis = client
+        self.keys = keys
+        self.max_entries = max_entries
+        self.max_age_seconds = max_age_seconds
+        self.key = keys.dlq
+        self.index_key = keys.dlq_index
+        self._replay = client.register_script(_REPLAY)
+        self._add = client.register_script(_ADD)
+        self._trim = client.register_script(_TRIM)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    # --- in -------------------------------------------------------------------------
+
+    def add(self, entry: DeadLetter, taken_from: tuple[str, bytes] | None = None) -> bool:
+        """Store `entry`; with `taken_from` (in-flight list, item), move the item out of
+        that list in the same step. False when the list no longer holds the item. The same
+        step applies the retention policy to at most `TRIM_PER_ADD` older entries."""
+        inflight, item = taken_from or (self.key, b"")
+        added, by_count, by_age = self._add(
+            keys=[self.key, self.index_key, inflight],
+            args=[entry.id, json.dumps(asdict(entry)), entry.failed_at, item, *self._retention(TRIM_PER_ADD)],
+        )
+        self._dropped(Dropped(by_count, by_age))
+        return bool(added)
+
+    def trim(self) -> Dropped:
+        """Apply the retention policy to the whole DLQ, `BATCH` entries per script call
+        (each call is short, so Redis keeps serving others in between)."""
+        total = Dropped()
+        while True:
+            dropped = Dropped(*self._trim(keys=[self.key, self.index_key], args=self._retention(BATCH)))
+            total += dropped
+            if dropped.total < BATCH:
+                break
+        self._dropped(total)
+        return total
+
+    def _retention(self, budget: int) -> list[Any]:
+        cutoff = repr(time.time() - self.max_age_seconds) if self.max_age_seconds > 0 else "-inf"
+        return [self.max_entries, cutoff, budget]
+
+    def _dropped(self, dropped: Dropped) -> None:
+        if not dropped.total:
+            return
+        metrics.DLQ_DROPPED.labels("count").inc(dropped.by_count)
+        metrics.DLQ_DROPPED.labels("age").inc(dropped.by_age)
+        log.info(
+            "DLQ retention dropped %d entr%s of %s: %d over the %d-entry cap, %d older than %gs",
+            dropped.total,
+            "y" if dropped.total == 1 else "ies",
+            self.key,
+            dropped.by_count,
+            self.max_entries,
+            dropped.by_age,
+            self.max_age_seconds,
+        )
+
+    # --- looking --------------------------------------------------------------------
+
+    def count(self) -> int:
+        return self._redis.zcard(self.index_key)
+
+    def ids(self, limit: int | None = None) -> list[str]:
+        """Ids, newest failure first."""
+        end = -1 if limit is None else limit - 1
+        return [i.decode() for i in cast(list[bytes], self._redis.zrevrange(self.index_key, 0, end))]
+
+    def entries(
+        self,
+        after: str | None = None,
+        reasons: Collection[str] = (),
+        types: Collection[str] = (),
+    ) -> Iterator[DeadLetter]:
+        """Entries newest failure first, read `BATCH` at a time as the caller iterates:
+        those listed after the entry `after` (older ones) when given, and of one of
+        `reasons` and `types` when given. NotFound when `after` is not in the DLQ."""
+        for ids in self._pages(after):
+            for row in self._redis.hmget(self.key, ids):
+                if row is None:
+                    continue  # purged or replayed since the page was read
+                entry = _load(row)
+                if (not reasons or entry.reason in reasons) and (not types or entry.type in types):
+                    yield entry
+
+    def list(self, limit: int | None = None, **filters: Any) -> list[DeadLetter]:
+        """The newest `limit` entries (all when None) as a list; `filters` as `entries`."""
+        return list(itertools.islice(self.entries(**filters), limit))
+
+    def get(self, message_id: str) -> DeadLetter:
+        row = self._redis.hget(self.key, message_id)
+        if row is None:
+            raise NotFound(f"no dead-lettered email with id {message_id}")
+        return _load(row)
+
+    def _pages(self, after: str | None = None) -> Iterator[builtins.list[str]]:
+        """Ids newest failure first, up to `BATCH` a page, each page read when asked for.
+
+        A keyset walk, not offsets: the next page starts at the last score seen, minus the
+        ids already seen with that very score. So removing what was seen (a replay or a
+        purge going through the pages) moves nothing, and entries that fail after the walk
+        began (scored higher) never join it."""
+        top: float = float("inf")
+        seen: set[bytes] = set()  # ids already passed whose score is `top`
+        if after is not None:
+            score = self._redis.zscore(self.index_key, after)
+            if score is None:
+                raise NotFound(f"no dead-lettered email with id {after}")
+            top = score
+            # Ties are listed by id, descending: those from `after` up are passed.
+            tied = cast(list[bytes], self._redis.zrevrangebyscore(self.index_key, score, score))
+            seen = {m for m in tied if m >= after.encode()}
+        while True:
+            wanted = BATCH + len(seen)
+            rows = cast(
+                list[tuple[bytes, float]],
+                self._redis.zrevrangebyscore(self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True),
+            )
+            fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
+            if fresh:
+                yield [m.decode() for m, _ in fresh]
+                last = fresh[-1][1]
+                if last != top:
+                    top, seen = last, set()
+                seen.update(m for m, s in fresh if s == last)
+            if len(rows) < wanted:
+                return
+
+    # --- out ------------------------------------------------------------------------
+
+    def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
+        """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
+        lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
+        `BATCH` per round trip, each email moved by one script call of its own. Returns
+        (how many were replayed, ids that cannot be replayed because the original message
+        was undecodable). Ids no longer in the DLQ are passed over."""
+        keys = self.keys
+        replayed, skipped = 0, []
+        for chunk in _chunks(message_ids):
+            with self._redis.pipeline(transaction=False) as pipe:
+                for message_id, row in zip(chunk, self._redis.hmget(self.key, chunk)):
+                    if row is None:
+                        continue
+                    try:
+                        # Checked as the worker checks what it takes (the producer ran the
+                        # full address check before it was ever queued).
+                        envelope = Envelope.model_validate(_load(row).envelope, context={"from_queue": True})
+                    except ValidationError:
+                        skipped.append(message_id)
+                        continue
+                    bulk = bool(envelope.bulk)
+                    ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
+                    fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
+                    lane = keys.bulk if bulk else keys.interactive
+                    self._replay(
+                        keys=[self.key, self.index_key, lane, keys.wake],
+                        args=[message_id, task_message(fresh, lane)],
+                        client=pipe,
+                    )
+                replayed += sum(pipe.execute())
+        return replayed, skipped
+
+    def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
+        """`replay` every entry there was when it began."""
+        return self.replay(itertools.chain.from_iterable(self._pages()), ttl_seconds, bulk_ttl_seconds)
+
+    def purge(self, message_ids: Iterable[str]) -> int:
+        """Delete entries for good, `BATCH` per MULTI; returns how many were there."""
+        removed = 0
+        for chunk in _chunks(message_ids):
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.key, *chunk)
+                pipe.zrem(self.index_key, *chunk)
+                deleted, _ = pipe.execute()
+            removed += deleted
+        return removed
+
+    def purge_all(self) -> int:
+        """`purge` every entry there was when it began."""
+        return self.purge(itertools.chain.from_iterable(self._pages()))
+
+
+def _load(row: bytes | str) -> DeadLetter:
+    return DeadLetter(**json.loads(row))
+
+
+def _bound(score: float) -> str:
+    return "+inf" if score == float("inf") else repr(score)
+
+
+def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:
+    it = iter(ids)
+    while chunk := list(itertools.islice(it, BATCH)):
+        yield chunk

@@ -1,0 +1,248 @@
+"""The emails this worker process holds, owned by the process rather than by a connection.
+
+A worker process is one *owner* (`OWNER`). It takes an email with BLMOVE from the queue
+onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.store.keys`), so an email that
+was taken is never only in a socket. It leaves that list in one atomic step: acked when
+delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
+
+kombu ties unacked messages to a channel and puts them back on the queue when the
+channel closes — on every dropped connection, while their threads are still posting them.
+Here a reconnect gives nothing back: the records live in this process, and only a lapsed
+heartbeat (`Housekeeper`) lets another worker take an owner's list back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from emailq.store.keys import Keys
+
+log = logging.getLogger("emailq.worker")
+
+OWNER = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+# An owner whose heartbeat lapsed: its whole list goes back to the head of its queue.
+_RECLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
+redis.call('SREM', KEYS[1], ARGV[1])
+return n
+"""
+
+# One email back to the head of its queue, if this owner still holds it.
+_RELEASE = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return 1
+"""
+
+# Delivered emails out of one in-flight list, oldest (the tail) first.
+_ACK = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+return #ARGV
+"""
+
+
+@dataclass
+class Taken:
+    """One email this process holds: where it sits in Redis, the lane it came from (where
+    it goes back to), and since when."""
+
+    lane: str
+    inflight_key: str
+    item: bytes
+    message_id: str | None
+    taken_at: float
+    settled: bool = False
+
+
+class InFlight:
+    """This process's records of taken emails, keyed by kombu delivery tag; thread-safe."""
+
+    def __init__(self, client: redis.Redis, prefix: str):
+        self.redis = client
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._acks_changed = threading.Condition(self._lock)
+        self._by_tag: dict[str, Taken] = {}
+        self._by_id: dict[str, list[str]] = {}
+        # Settled in memory, but Redis did not take the move yet (a dropped connection, a
+        # full Redis): the email stays in the in-flight list, and the Housekeeper repeats
+        # each move until it lands.
+        self._unfinished: list[tuple[str, Taken, Callable[[Taken], object]]] = []
+        # Delivered emails still in the in-flight list: one thread removes them in
+        # batches (a round trip per batch, not per email, from whichever pool thread
+        # delivered it). The window this adds to a crash is a redelivery, never a loss.
+        self._acks: list[Taken] = []
+        self._acking: list[Taken] = []
+        self._acker: threading.Thread | None = None
+        self.queues: set[str] = set()
+        self._reclaim = client.register_script(_RECLAIM)
+        self._release = client.register_script(_RELEASE)
+        self._ack = client.register_script(_ACK)
+
+    def keys(self, queue: str) -> Keys:
+        """The keys of `queue` (a name, as kombu knows it) under this process's prefix."""
+        return Keys(queue, prefix=self.prefix)
+
+    def register(self, queue: str, heartbeat_ms: int) -> None:
+        """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
+        list is reclaimed if the heartbeat ever lapses."""
+        keys = self.keys(queue)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.alive(OWNER), 1, px=heartbeat_ms)
+            pipe.sadd(keys.owners, OWNER)
+            pipe.execute()
+        self.queues.add(queue)
+
+    def take(self, tag: str, taken: Taken) -> None:
+        with self._lock:
+            self._by_tag[tag] = taken
+            if taken.message_id:
+                self._by_id.setdefault(taken.message_id, []).append(tag)
+
+    def get(self, tag: str) -> Taken | None:
+        with self._lock:
+            return self._by_tag.get(tag)
+
+    def for_message(self, message_id: str) -> Taken | None:
+        """The unsettled record of a message this process holds, if any."""
+        with self._lock:
+            for tag in self._by_id.get(message_id, []):
+                taken = self._by_tag[tag]
+                if not taken.settled:
+                    return taken
+        return None
+
+    def ack(self, tag: str) -> None:
+        """Delivered (or already moved by its task): forget it; the acker removes it from
+        Redis with the next batch."""
+        taken = self._forget(tag)
+        if taken is None or taken.settled:
+            return
+        taken.settled = True
+        with self._lock:
+            self._acks.append(taken)
+            if self._acker is None:
+                self._acker = threading.Thread(target=self._ack_batches, name="emailq-acks", daemon=True)
+                self._acker.start()
+            self._acks_changed.notify_all()
+
+    def flush_acks(self, timeout: float = 5.0) -> bool:
+        """Wait until every ack so far reached Redis (or was left to the Housekeeper)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._acks or self._acking:
+                if not self._acks_changed.wait(deadline - time.monotonic()):
+                    return False
+        return True
+
+    def _ack_batches(self) -> None:
+        while True:
+            with self._lock:
+                while not self._acks:
+                    self._acks_changed.wait()
+                batch, self._acks, self._acking = self._acks, [], self._acks
+            by_list: dict[str, list[Taken]] = {}
+            for taken in batch:
+                by_list.setdefault(taken.inflight_key, []).append(taken)
+            for key, takens in by_list.items():
+                try:
+                    self._ack(keys=[key], args=[t.item for t in takens])
+                except Exception as error:  # this thread must outlive any one failure
+                    log.warning("Redis did not take %d ack(s) (%s); they stay with this worker and are retried", len(takens), error)
+                    with self._lock:
+                        self._unfinished.extend(("ack", t, self._remove) for t in takens)
+            with self._lock:
+                self._acking = []
+                self._acks_changed.notify_all()
+
+    def release(self, tag: str) -> None:
+        """Back to the head of its queue (Celery asked to requeue it)."""
+        taken = self._forget(tag)
+        if taken is not None and not taken.settled:
+            self.give_back(taken)
+
+    def give_back(self, taken: Taken) -> None:
+        taken.settled = True
+        self.move(taken, "release", self._give_back)
+
+    def move(self, taken: Taken, what: str, step: Callable[[Taken], object]) -> bool:
+        """Run `step` (one atomic move of `taken` out of the in-flight list); if Redis
+        refuses it, keep it for the Housekeeper to repeat. True when it ran now."""
+        try:
+            step(taken)
+        except redis.RedisError as error:
+            log.warning("Redis did not take the %s of %s (%s); it stays with this worker and is retried", what, taken.message_id, error)
+            with self._lock:
+                self._unfinished.append((what, taken, step))
+            return False
+        return True
+
+    def unfinished(self) -> int:
+        with self._lock:
+            return len(self._unfinished)
+
+    def known_items(self) -> set[bytes]:
+        """Every item this process has a record of, settled or still to be moved."""
+        with self._lock:
+            pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
+            return {t.item for t in self._by_tag.values()} | {t.item for t in pending}
+
+    def overdue(self, older_than: float) -> list[Taken]:
+        """Unsettled records taken more than `older_than` seconds ago."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            return [t for t in self._by_tag.values() if not t.settled and t.taken_at < cutoff]
+
+    def give_back_all(self) -> int:
+        """At shutdown: every email not yet settled goes back to its queue."""
+        with self._lock:
+            left = [t for t in self._by_tag.values() if not t.settled]
+        for taken in left:
+            self.give_back(taken)
+        return len(left)
+
+    def finish_unfinished(self) -> None:
+        with self._lock:
+            todo, self._unfinished = self._unfinished, []
+        for index, (_what, taken, step) in enumerate(todo):
+            try:
+                step(taken)
+            except redis.RedisError:
+                with self._lock:  # still refused: keep these, in order, for the next round
+                    self._unfinished[:0] = todo[index:]
+                return
+
+    def reclaim(self, queue: str, owner: str) -> int:
+        """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
+        keys = self.keys(queue)
+        return int(self._reclaim(keys=[keys.owners, keys.alive(owner), keys.inflight(owner), keys.interactive], args=[owner]))
+
+    def _forget(self, tag: str) -> Taken | None:
+        with self._lock:
+            taken = self._by_tag.pop(tag, None)
+            if taken is not None and taken.message_id:
+                tags = self._by_id.get(taken.message_id, [])
+                if tag in tags:
+                    tags.remove(tag)
+                if not tags:
+                    self._by_id.pop(taken.message_id, None)
+            return taken
+
+    def _remove(self, taken: Taken) -> None:
+        self.redis.lrem(taken.inflight_key, 1, taken.item)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as they are
+
+    def _give_back(self, taken: Taken) -> None:
+        self._release(keys=[taken.inflight_key, taken.lane], args=[taken.item])

@@ -1,0 +1,121 @@
+"""How a worker takes its next email: one atomic step that picks the lane, honours the
+cluster's rate limit and moves the email onto the worker's in-flight list.
+
+Two lanes per queue (`emailq.lanes`): interactive (`<q>`: one-time codes, verification)
+and bulk (`<q>:bulk`). A take moves from the interactive lane first, except every
+`EMAILQ_BULK_EVERY`-th take, which tries bulk first, so bulk still moves while both are
+full. BLMOVE blocks on one list only, so the take is a Lua script (non-blocking) and an
+idle worker blocks instead on `<q>:wake`, a list of tokens that producers and the retry
+schedule push with each email; a take that finds both lanes empty clears the tokens.
+
+The rate limit (`EMAILQ_RATE_LIMIT`, deliveries per second across every worker on the
+Redis) is a GCRA on Redis's clock, in the same script: a take either gets its slot and
+its email together or gets neither and learns how long to wait. Waiting for a slot holds
+no thread and spends no attempt: the consumer's connection sleeps in Redis (a blocking
+pop on `<q>:rate:sleep`, which nothing writes) until the slot. A 429 from
+the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
+`SLOWDOWN_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from emailq.store.keys import Keys
+
+log = logging.getLogger("emailq.worker")
+
+SLOWDOWN_FACTOR = 2
+SLOWDOWN_SECONDS = 30
+# Burst allowance, as a share of one second's worth of the rate: under a tenth, so that
+# no one-second window sees more than 110% of the rate even with the network's jitter.
+BURST_SHARE = 0.08
+
+TAKEN, WAIT, EMPTY = 1, 0, 2
+# Emails one take may move at most (fewer when the worker has fewer free slots). Each
+# take is one round trip and one turn of Celery's event loop; taking a few at once when
+# the queue is deep is most of what a worker saves per email at high rates.
+TAKE_BATCH = 16
+
+# KEYS (whole names, prefix included: the channel sends this script raw, past kombu's
+# prefixing client): interactive lane, bulk lane, in-flight list, rate key, slowdown key,
+# wake list.
+# ARGV: emission interval in ms (0: no limit), burst tolerance in ms, how many emails at
+# most, bulk every n-th take (0: never first), how many takes came before.
+# Returns {TAKEN, lane, item[, lane, item ...]} | {WAIT, ms} | {EMPTY}.
+TAKE = """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local most = tonumber(ARGV[3])
+local every = tonumber(ARGV[4])
+local before = tonumber(ARGV[5])
+local now, tat
+if interval > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  interval = interval * tonumber(redis.call('GET', KEYS[5]) or '1')
+  tat = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if tat < now then tat = now end
+end
+local out = {1}
+for n = 1, most do
+  if interval > 0 and tat - now > burst then
+    if n == 1 then return {0, tat - now - burst} end
+    break
+  end
+  local first, second = KEYS[1], KEYS[2]
+  if every > 0 and (before + n) % every == 0 then first, second = KEYS[2], KEYS[1] end
+  local lane = first
+  local item = redis.call('LMOVE', first, KEYS[3], 'RIGHT', 'LEFT')
+  if not item then
+    lane = second
+    item = redis.call('LMOVE', second, KEYS[3], 'RIGHT', 'LEFT')
+  end
+  if not item then
+    if n == 1 then
+      redis.call('DEL', KEYS[6])
+      return {2}
+    end
+    break
+  end
+  out[#out + 1] = lane
+  out[#out + 1] = item
+  if interval > 0 then tat = tat + interval end
+end
+if interval > 0 then
+  redis.call('SET', KEYS[4], tat, 'PX', math.ceil(tat - now) + 1000)
+end
+return out
+"""
+
+
+class Taker:
+    """The take script's arguments for one queue, and the bookkeeping around it."""
+
+    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
+        self.inflight = keys.inflight(owner)
+        self.wake = keys.wake
+        self.sleep_key = keys.rate_sleep
+        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake]
+        self._rate = [f"{1000.0 / rate_limit:.3f}", f"{BURST_SHARE * 1000.0:.3f}"] if rate_limit else ["0", "0"]
+        self.bulk_every = bulk_every
+        self._takes = 0
+
+    def args(self, most: int = 1) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV for a take of at most `most` emails."""
+        return self._keys, [*self._rate, str(max(1, most)), str(self.bulk_every), str(self._takes)]
+
+    def took(self, count: int) -> None:
+        """`count` emails came with the last take: the lane order moves on by as many."""
+        self._takes += count
+
+
+def slow_down(client: redis.Redis, keys: Keys) -> None:
+    """The endpoint answered 429 while a rate limit is set: slow every worker down. Advice
+    only: a Redis that refuses it must not stop the email's own retry from being written."""
+    try:
+        client.set(keys.rate_slowdown, SLOWDOWN_FACTOR, ex=SLOWDOWN_SECONDS)
+    except redis.RedisError as error:
+        log.warning("could not slow the cluster down after a 429 (%s)", error)

@@ -1,0 +1,89 @@
+"""The worker process's shared objects, built once from the settings.
+
+The consumer (the kombu transport, on Celery's event loop) and the tasks (in the pool's
+threads) meet here: both see the same in-flight records, circuit breaker and Redis
+client, whichever reconnects or restarts around them.
+
+The HTTP client is chosen here too: the one `EMAILQ_HTTP_CLIENT` names
+(`delivery.build_client`), unless a program that runs the worker in its own process
+(a benchmark, an embedding) brings its own `HttpClient` with `use_http_client` first.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+
+from emailq.store.keys import Keys
+from emailq.store.redis_client import redis_client
+from emailq.settings import Settings, get_settings
+from emailq.worker import metrics
+from emailq.worker.delivery.circuit_breaker import CircuitBreaker
+from emailq.worker.places.dead_letters import DeadLetters
+from emailq.worker.delivery.deliverer import Deliverer, build_client
+from emailq.worker.delivery.http_client import HttpClient
+from emailq.worker.places.in_flight import InFlight
+from emailq.worker.places.retry_schedule import RetrySchedule
+
+_lock = threading.Lock()
+
+HttpClientFactory = Callable[[Settings], HttpClient]
+_http_client_factory: HttpClientFactory = build_client
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        # A short socket timeout: a Redis that stalls must not hang a thread for long. On
+        # Sentinel, the client follows the primary across a failover.
+        self.redis = redis_client(
+            settings,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=10,
+        )
+        keys = Keys.of(settings)
+        self.in_flight = InFlight(self.redis, settings.redis_key_prefix)
+        self.schedule = RetrySchedule(self.redis, keys)
+        self.dead_letters = DeadLetters(
+            self.redis,
+            keys,
+            max_entries=settings.dlq_max_entries,
+            max_age_seconds=settings.dlq_max_age_seconds,
+        )
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold,
+            settings.breaker_probe_seconds,
+            on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
+        )
+
+    @functools.cached_property
+    def deliverer(self) -> Deliverer:
+        """Built at the first delivery, with the client `use_http_client` chose."""
+        return Deliverer(self.settings, client=_http_client_factory(self.settings))
+
+
+_runtime: Runtime | None = None
+
+
+def use_http_client(factory: HttpClientFactory) -> None:
+    """Make this process POST through `factory(settings)`, an `HttpClient`
+    (`emailq.worker.delivery.http_client`), instead of the client `EMAILQ_HTTP_CLIENT` names.
+    Call it before the worker starts in this process (`emailq.worker.commands.cli.main`); once the
+    first delivery built the Deliverer, it raises RuntimeError rather than be ignored."""
+    global _http_client_factory
+    if _runtime is not None and "deliverer" in vars(_runtime):
+        raise RuntimeError("use_http_client: this process has already built its HTTP client")
+    _http_client_factory = factory
+
+
+def get() -> Runtime:
+    """This process's runtime; the pool's threads start together, hence the lock."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = Runtime(get_settings())
+    return _runtime
