@@ -105,12 +105,12 @@ def pace(times: Sequence[float]) -> float:
 class Ingest:
     """An `emailq serve` process on a free port, with the given EMAILQ_* settings."""
 
-    def __init__(self, env: dict[str, str], cwd: Path):
+    def __init__(self, env: dict[str, str], cwd: Path, command: str = EMAILQ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"ingest-{self.port}.log"
         self.process = subprocess.Popen(
-            [EMAILQ, "serve", "--port", str(self.port)],
+            [command, "serve", "--port", str(self.port)],
             env={**os.environ, **env},
             cwd=cwd,
             stdout=self.log.open("wb"),

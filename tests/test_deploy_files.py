@@ -218,7 +218,7 @@ def test_each_deployment_runs_every_role() -> None:
 def test_dockerfile_builds_a_non_root_emailq_image() -> None:
     instructions = dockerfile()
     assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert any(i == "RUN" and "pip install '.[ops]'" in a for i, a in instructions)
+    assert any(i == "RUN" and "pip install '.[server]'" in a for i, a in instructions)
     users = [a for i, a in instructions if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert exec_form("ENTRYPOINT") == ["emailq"]

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emailq.ingest import metrics
+from emailq.store.depth_metrics import watch_depths
 from emailq.enqueue import Producer
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
@@ -83,7 +84,7 @@ def _unavailable(error: QueueUnavailable, keyed: bool) -> str:
 
 def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     producer = producer or Producer(settings)
-    metrics.watch_depths(producer.redis, Keys.of(settings))
+    watch_depths(producer.redis, Keys.of(settings), metrics.REGISTRY)
     expected = settings.ingest_authorization.get_secret_value().encode() if settings.ingest_authorization else None
     if expected is None:
         log.warning("EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email")

@@ -1,57 +1,11 @@
-"""Prometheus metrics of the ingest, and the queue/DLQ depth gauges.
-
-The ingest serves its registry on its `/metrics` route. Depths are read from Redis at
-scrape time, so any process that can reach Redis reports the same numbers: the worker
-registers them in its own registry (`emailq.worker.metrics`, which holds its delivery
-counters) with `watch_depths`.
-"""
+"""Prometheus metrics of the ingest, served on its `/metrics` route: what it accepted and
+refused, and the depth gauges (`emailq.store.depth_metrics`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import redis
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from emailq.store import census
-from emailq.store.keys import Keys
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 
 ENQUEUED = Counter("emailq_enqueued", "Emails accepted onto the queue.", ["source"], registry=REGISTRY)
 REJECTED_INPUT = Counter("emailq_ingest_rejected", "Ingest requests refused, by HTTP status.", ["status"], registry=REGISTRY)
-
-
-class DepthCollector(Collector):
-    """Queue, in-flight, schedule and DLQ depths, read from Redis when scraped."""
-
-    def __init__(self, client: redis.Redis, keys: Keys):
-        self._redis = client
-        self._keys = keys
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            now = census.count(self._redis, self._keys)
-        except redis.RedisError:
-            return  # Redis down: no depth rather than a wrong one
-        depth = GaugeMetricFamily("emailq_queue_depth", "Emails waiting on the queue, by lane.", labels=["lane"])
-        depth.add_metric(["interactive"], now.queued - now.queued_bulk)
-        depth.add_metric(["bulk"], now.queued_bulk)
-        yield depth
-        oldest = GaugeMetricFamily("emailq_queue_oldest_seconds", "Age of the oldest email waiting, by lane.", labels=["lane"])
-        try:
-            oldest.add_metric(["interactive"], census.oldest_age(self._redis, self._keys.interactive))
-            oldest.add_metric(["bulk"], census.oldest_age(self._redis, self._keys.bulk))
-        except redis.RedisError:
-            return
-        yield oldest
-        yield GaugeMetricFamily("emailq_in_flight", "Emails taken by workers, not yet settled.", value=now.in_flight)
-        yield GaugeMetricFamily("emailq_scheduled", "Emails waiting in the retry schedule.", value=now.scheduled)
-        yield GaugeMetricFamily("emailq_dlq_depth", "Emails in the dead-letter queue.", value=now.dead_lettered)
-
-
-def watch_depths(client: redis.Redis, keys: Keys, registry: CollectorRegistry = REGISTRY) -> None:
-    """Report the depths of the queue `keys` names in `registry` (the ingest's unless told)."""
-    registry.register(DepthCollector(client, keys))

@@ -1,7 +1,7 @@
 """The worker's Prometheus metrics, served on `EMAILQ_METRICS_PORT` (`observability`).
 
 The worker has its own registry: its counters say what this process delivered, retried
-and dead-lettered. The queue/DLQ depth gauges are the producer's (`emailq.ingest.metrics`),
+and dead-lettered. The queue/DLQ depth gauges are the producer's (`emailq.store.depth_metrics`),
 read from Redis at scrape time, registered here too so that either process reports them.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 from celery import signals
 from prometheus_client import start_http_server
 
-from emailq.ingest.metrics import watch_depths
+from emailq.store.depth_metrics import watch_depths
 from emailq.store.keys import Keys
 from emailq.settings import get_settings
 from emailq.worker import metrics, runtime

@@ -275,7 +275,14 @@ def dev(ingest_port: int, flower_port: int, endpoint_port: int, verbose: bool) -
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every expected error into one line on stderr."""
     import redis
-    from kombu.exceptions import OperationalError
+
+    unreachable: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+    try:
+        from kombu.exceptions import OperationalError
+
+        unreachable += (OperationalError,)
+    except ImportError:  # `emailq serve` with the ingest extra alone: no kombu, no Celery
+        pass
 
     # An `emailq` command may start the embedded Redis when EMAILQ_REDIS_URL is unset; a
     # web app calling the library may not (it would queue where no worker looks).
@@ -295,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     except EmailqError as error:
         click.echo(f"emailq: {error}", err=True)
         sys.exit(1)
-    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as error:
+    except unreachable as error:
         click.echo(f"emailq: Redis is unreachable ({error}); check EMAILQ_REDIS_URL", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

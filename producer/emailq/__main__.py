@@ -1,0 +1,3 @@
+from emailq.command import main
+
+main()
