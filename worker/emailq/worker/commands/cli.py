@@ -195,7 +195,7 @@ def serve(host: str, port: int) -> None:
 
         from emailq.ingest.app import create_app
     except ImportError:
-        raise ConfigError("'emailq serve' needs the ops extra: pip install 'emailq[ops]'") from None
+        raise ConfigError("'emailq serve' needs the ingest extra: pip install 'emailq[ingest]'") from None
     # The ingest's own lines (one per email enqueued), beside uvicorn's.
     handler = logging.StreamHandler()
     if settings.log_format == "json":
@@ -221,7 +221,7 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     try:
         import flower as _  # noqa: F401
     except ImportError:
-        raise ConfigError("'emailq flower' needs the ops extra: pip install 'emailq[ops]'") from None
+        raise ConfigError("'emailq flower' needs the flower extra: pip install 'emailq[flower]'") from None
     if settings.flower_basic_auth:
         # Through the environment, not argv, so the password stays out of `ps`.
         os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
