@@ -52,7 +52,7 @@ WAKE_TOKENS_PER_BATCH = 64
 WAKE_TOKENS_KEPT = 1000
 
 
-__all__ = ["Producer", "connect", "resolve_redis_url", "send_email", "send_many"]
+__all__ = ["Producer", "ProducerBase", "connect", "resolve_redis_url", "send_email", "send_many"]
 
 
 def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
@@ -68,7 +68,82 @@ def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     )
 
 
-class Producer:
+class ProducerBase:
+    """What the synchronous and the asyncio producers share: validation, envelopes, lanes,
+    and the exact commands each call sends. Only the round trip (`_write`) differs."""
+
+    settings: Settings
+
+    def validate(self, email: Email | Mapping[str, Any]) -> Email:
+        """The email, checked against the contract; raises InvalidMessage."""
+        if isinstance(email, Email):
+            data: Any = email.model_dump(exclude_none=True)
+        else:
+            data = email
+        return parse_email(
+            data,
+            allow_any_type=self.settings.allow_any_type,
+            max_bytes=self.settings.max_message_bytes,
+        )
+
+    def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[tuple[str, str]]]:
+        """The ids and `(lane, task message)` pairs of `emails`; raises InvalidMessage naming
+        every bad item (by index) before anything is written."""
+        checked: list[Email] = []
+        problems: list[str] = []
+        for index, email in enumerate(emails):
+            try:
+                checked.append(self.validate(email))
+            except InvalidMessage as error:
+                problems.extend(f"item {index}: {problem}" for problem in error.problems)
+        if problems:
+            raise InvalidMessage(problems)
+        envelopes = [self._wrap(e, bulk) for e in checked]
+        return [e.id for e in envelopes], [(lane, task_message(e, lane)) for e in envelopes for lane in [self._lane(e)]]
+
+    def _wrap(self, email: Email, bulk: bool) -> Envelope:
+        settings = self.settings
+        if bulk or settings.is_bulk(email.type):
+            return Envelope.wrap(email, settings.bulk_ttl_seconds, bulk=True)
+        return Envelope.wrap(email, settings.message_ttl_seconds)
+
+    def _lane(self, envelope: Envelope) -> str:
+        keys = Keys.of(self.settings)
+        return keys.bulk if envelope.bulk else keys.interactive
+
+    def _once(self, email: Email | Mapping[str, Any], key: str) -> tuple[Envelope, str, tuple[Any, ...]]:
+        """The envelope, digest and script call of `send_once`."""
+        checked = self.validate(email)
+        envelope = self._wrap(checked, False)
+        digest = _digest(checked)
+        keys, lane = Keys.of(self.settings), self._lane(envelope)
+        command = (
+            "EVAL",
+            _ENQUEUE_ONCE,
+            3,
+            keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
+            lane,
+            keys.wake,
+            f"{digest} {envelope.id}",
+            max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
+            task_message(envelope, lane),
+            WAKE_TOKENS_KEPT,
+        )
+        return envelope, digest, command
+
+    def _push_commands(self, messages: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """One MULTI that LPUSHes each message onto its lane, with wake-up tokens."""
+        lanes: dict[str, list[str]] = {}
+        for lane, message in messages:
+            lanes.setdefault(lane, []).append(message)
+        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
+        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
+        wake = Keys.of(self.settings).wake
+        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
+        return [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
+
+
+class Producer(ProducerBase):
     """Enqueues emails on one Redis connection pool; safe to share between threads."""
 
     def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
@@ -86,18 +161,6 @@ class Producer:
         except (redis.ConnectionError, redis.TimeoutError):
             return False
 
-    def validate(self, email: Email | Mapping[str, Any]) -> Email:
-        """The email, checked against the contract; raises InvalidMessage."""
-        if isinstance(email, Email):
-            data: Any = email.model_dump(exclude_none=True)
-        else:
-            data = email
-        return parse_email(
-            data,
-            allow_any_type=self.settings.allow_any_type,
-            max_bytes=self.settings.max_message_bytes,
-        )
-
     def send(self, email: Email | Mapping[str, Any]) -> str:
         """Enqueue one email; returns its id (the `Idempotency-Key` the endpoint will see)."""
         return self.send_many([email])[0]
@@ -111,30 +174,9 @@ class Producer:
         before writing anything, and QueueUnavailable (see its `maybe_enqueued`) when
         Redis fails.
         """
-        checked: list[Email] = []
-        problems: list[str] = []
-        for index, email in enumerate(emails):
-            try:
-                checked.append(self.validate(email))
-            except InvalidMessage as error:
-                problems.extend(f"item {index}: {problem}" for problem in error.problems)
-        if problems:
-            raise InvalidMessage(problems)
-        envelopes = [self._wrap(e, bulk) for e in checked]
-        ids = [e.id for e in envelopes]
-        lanes = [self._lane(e) for e in envelopes]
-        self.push([(lane, task_message(e, lane)) for e, lane in zip(envelopes, lanes)], ids=ids)
+        ids, messages = self._batch(emails, bulk)
+        self.push(messages, ids=ids)
         return ids
-
-    def _wrap(self, email: Email, bulk: bool) -> Envelope:
-        settings = self.settings
-        if bulk or settings.is_bulk(email.type):
-            return Envelope.wrap(email, settings.bulk_ttl_seconds, bulk=True)
-        return Envelope.wrap(email, settings.message_ttl_seconds)
-
-    def _lane(self, envelope: Envelope) -> str:
-        keys = Keys.of(self.settings)
-        return keys.bulk if envelope.bulk else keys.interactive
 
     def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
         """Enqueue `email` unless `key` already enqueued one within EMAILQ_MESSAGE_TTL_SECONDS.
@@ -144,49 +186,15 @@ class Producer:
         used for a different email, else as `send`. The check and the enqueue are one
         Redis script: a key never exists without its email, nor an email twice under it.
         """
-        checked = self.validate(email)
-        envelope = self._wrap(checked, False)
-        digest = _digest(checked)
-        keys, lane = Keys.of(self.settings), self._lane(envelope)
-        record = self._write(
-            [
-                (
-                    "EVAL",
-                    _ENQUEUE_ONCE,
-                    3,
-                    keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
-                    lane,
-                    keys.wake,
-                    f"{digest} {envelope.id}",
-                    max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
-                    task_message(envelope, lane),
-                    WAKE_TOKENS_KEPT,
-                )
-            ],
-            ids=[envelope.id],
-        )
-        if record is None:
-            return envelope.id, True
-        first_digest, _, first_id = record.decode().partition(" ")
-        if first_digest != digest:
-            raise IdempotencyConflict("this idempotency key was already used for a different email")
-        return first_id, False
+        envelope, digest, command = self._once(email, key)
+        return _once_result(self._write([command], ids=[envelope.id]), envelope, digest)
 
     def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
         """LPUSH ready-made task messages, each onto its lane (`(lane, message)` pairs),
         with wake-up tokens for idle workers, in one MULTI (all or none); `ids`, when
         given, name them in a QueueUnavailable."""
-        if not messages:
-            return
-        lanes: dict[str, list[str]] = {}
-        for lane, message in messages:
-            lanes.setdefault(lane, []).append(message)
-        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
-        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
-        wake = Keys.of(self.settings).wake
-        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
-        commands = [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
-        self._write(commands, ids=ids)
+        if messages:
+            self._write(self._push_commands(messages), ids=ids)
 
     def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
         """Send `commands` in one round trip on one connection; returns the last reply.
@@ -210,43 +218,62 @@ class Producer:
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             sent = True
             replies = [connection.read_response() for _ in commands]
-            refused = [r for r in replies[-1] if isinstance(r, redis.ResponseError)] if isinstance(replies[-1], list) else []
-            if refused:
-                # An EXEC whose commands Redis refused (the key holds another type): each
-                # fails alike, none landed.
-                raise QueueUnavailable(_refused(refused[0]), ids=ids)
-            self._confirm(connection, ids)
-        except (redis.ResponseError, redis.BusyLoadingError, redis.AuthenticationError) as error:
-            # Redis answered, and refused (full, read-only, loading, wrong type).
-            connection.disconnect()  # later replies may be left unread
-            raise QueueUnavailable(_refused(error), ids=ids) from None
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            connection.disconnect()
-            if not sent:
-                raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
-            if isinstance(error.__context__, redis.ReadOnlyError):
-                # A Sentinel client's server was demoted (a failover): it refused the write.
-                raise QueueUnavailable(_refused(error.__context__), ids=ids) from None
-            raise QueueUnavailable(_maybe_enqueued(error, ids or []), maybe_enqueued=True, ids=ids) from None
+            refuse_if_exec_refused(replies[-1], ids)
+            wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
+            if wanted > 0:
+                connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
+                confirm_replicas(int(connection.read_response(timeout=2 * timeout)), self.settings, ids)
+        except (redis.RedisError, QueueUnavailable) as error:
+            if not isinstance(error, QueueUnavailable):
+                connection.disconnect()  # later replies may be left unread
+            raise failure(error, sent, ids) from None
         finally:
             pool.release(connection)
         return replies[-1]
 
-    def _confirm(self, connection: Any, ids: list[str] | None) -> None:
-        """`WAIT` for `EMAILQ_REDIS_MIN_REPLICAS` replicas to hold this connection's writes,
-        for up to `EMAILQ_REDIS_TIMEOUT`; raises QueueUnavailable(maybe_enqueued=True) if
-        fewer do: the primary has the email, but a failover now could lose it."""
-        wanted = self.settings.redis_min_replicas
-        if wanted <= 0:
-            return
-        timeout = self.settings.redis_timeout
-        connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
-        confirmed = int(connection.read_response(timeout=2 * timeout))
-        if confirmed < wanted:
-            raise QueueUnavailable(_unconfirmed(confirmed, wanted, timeout, ids or []), maybe_enqueued=True, ids=ids)
-
     def close(self) -> None:
         self._redis.close()
+
+
+def refuse_if_exec_refused(reply: Any, ids: list[str] | None) -> None:
+    """An EXEC whose commands Redis refused (the key holds another type): each fails
+    alike, none landed."""
+    refused = [r for r in reply if isinstance(r, redis.ResponseError)] if isinstance(reply, list) else []
+    if refused:
+        raise QueueUnavailable(_refused(refused[0]), ids=ids)
+
+
+def confirm_replicas(confirmed: int, settings: Settings, ids: list[str] | None) -> None:
+    """After `WAIT` (`EMAILQ_REDIS_MIN_REPLICAS`): QueueUnavailable(maybe_enqueued=True) if
+    fewer replicas hold the write: the primary has the email, but a failover could lose it."""
+    wanted = settings.redis_min_replicas
+    if confirmed < wanted:
+        raise QueueUnavailable(_unconfirmed(confirmed, wanted, settings.redis_timeout, ids or []), maybe_enqueued=True, ids=ids)
+
+
+def failure(error: Exception, sent: bool, ids: list[str] | None) -> QueueUnavailable:
+    """The QueueUnavailable a failed write raises, saying truthfully whether it may have
+    landed: refused (full, read-only, loading, wrong type) or unreachable before sending,
+    nothing was; a lost answer after sending, it may have been."""
+    if isinstance(error, QueueUnavailable):
+        return error
+    if isinstance(error, (redis.ResponseError, redis.BusyLoadingError, redis.AuthenticationError)):
+        return QueueUnavailable(_refused(error), ids=ids)
+    if not sent:
+        return QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids)
+    if isinstance(error.__context__, redis.ReadOnlyError):
+        # A Sentinel client's server was demoted (a failover): it refused the write.
+        return QueueUnavailable(_refused(error.__context__), ids=ids)
+    return QueueUnavailable(_maybe_enqueued(error, ids or []), maybe_enqueued=True, ids=ids)
+
+
+def _once_result(record: Any, envelope: Envelope, digest: str) -> tuple[str, bool]:
+    if record is None:
+        return envelope.id, True
+    first_digest, _, first_id = record.decode().partition(" ")
+    if first_digest != digest:
+        raise IdempotencyConflict("this idempotency key was already used for a different email")
+    return first_id, False
 
 
 def _digest(email: Email) -> str:

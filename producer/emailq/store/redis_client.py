@@ -102,17 +102,20 @@ def sentinel(settings: Settings, **options: Any) -> Sentinel:
 
 
 def async_redis_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
-    """`redis_client` for asyncio code (Flower's Broker page), on Sentinel only: every
-    Sentinel of the URL, with the same passwords and TLS as the other clients."""
+    """`redis_client` for asyncio code (the asyncio producer, the ingest, Flower's Broker
+    page): the same server, Sentinels, passwords and TLS as the other clients."""
     import redis.asyncio
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
     url = settings.redis_url
-    assert isinstance(url, SentinelUrl)
-    to_sentinels = sentinel_options(settings, options, AsyncRetry(NoBackoff(), 0))
-    manager = AsyncSentinel(list(url.sentinels), sentinel_kwargs=to_sentinels, **primary_options(settings, options))
-    return manager.master_for(_master(settings), redis_class=redis.asyncio.Redis)
+    if isinstance(url, SentinelUrl):
+        to_sentinels = sentinel_options(settings, options, AsyncRetry(NoBackoff(), 0))
+        manager = AsyncSentinel(list(url.sentinels), sentinel_kwargs=to_sentinels, **primary_options(settings, options))
+        return manager.master_for(_master(settings), redis_class=redis.asyncio.Redis)
+    if settings.redis_server_tls():
+        options = {**tls_options(settings), **options}
+    return redis.asyncio.Redis.from_url(resolve_redis_url(settings), **options)
 
 
 def _master(settings: Settings) -> str:
