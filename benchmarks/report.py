@@ -1,6 +1,8 @@
 """The results as Markdown: contender x endpoint latency, partly failing endpoints, flow
 control (sign-in codes behind a bulk send, a rate limit across workers), enqueue cost, and
-the targets. A partial run (--only) shows only what it measured.
+the targets. A partial run (--only) shows only what it measured. A full run's report is
+also written into docs/performance.md, between its markers (`embed`), so that the tables
+live in one place.
 
 Ratios are taken rep by rep (both rates from the same rep, a few seconds apart) and the
 median of those is shown: on a shared machine that cancels much of the noise that a ratio
@@ -9,10 +11,18 @@ of medians would keep.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from benchmarks import flow
 from benchmarks.harness import median
 
 ORDER = ("naive", "floor-prefork", "floor-threads", "emailq")
+
+# The page that shows the last full run, and the markers around the part `make bench`
+# rewrites; everything outside them is written by hand.
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+BEGIN = "<!-- bench:begin"
+END = "<!-- bench:end -->"
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -260,3 +270,16 @@ def markdown(data: dict) -> str:
             "over the reps; the workers' CPU per rep in `results/latest.json` shows each took part."
         )
     return "\n".join(lines) + "\n"
+
+
+def embed(text: str, page: Path = PAGE) -> None:
+    """Replace what lies between the markers of `page` with `text`, a full run's report
+    (`markdown`), less its title. Raises ValueError, changing nothing, when `page` lacks
+    the markers, so that a moved page is noticed rather than silently left stale."""
+    current = page.read_text()
+    start, end = current.find(BEGIN), current.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"{page}: no {BEGIN} ... {END} markers to write the results between")
+    start = current.index("\n", start) + 1  # the begin marker's line stays, comment and all
+    body = text.split("\n", 1)[1].lstrip("\n") if text.startswith("# ") else text
+    page.write_text(current[:start] + "\n" + body.rstrip("\n") + "\n\n" + current[end:])
