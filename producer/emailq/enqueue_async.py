@@ -101,6 +101,12 @@ class AsyncProducer(ProducerBase):
             raise QueueUnavailable(f"Redis is unreachable, nothing was enqueued: {error}", ids=ids) from None
         sent = False
         try:
+            # A connection its server closed (a restart, a kill) has EOF waiting; a write on
+            # it would seem sent and then fail as "may have been enqueued". redis-py's pool
+            # checks this itself only when maintenance notifications are off (8.x: "auto").
+            if await _has_data(connection):
+                await connection.disconnect()
+                await connection.connect()
             await connection.check_health()
             await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             sent = True
@@ -127,6 +133,13 @@ class AsyncProducer(ProducerBase):
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+async def _has_data(connection: Any) -> bool:
+    """Whether an idle connection has something to read (EOF included): redis-py 8 names
+    the check `can_read`, 5.3 to 7 `can_read_destructive`."""
+    check = getattr(connection, "can_read", None) or connection.can_read_destructive
+    return bool(await check())
 
 
 # One default producer per event loop: asyncio connections belong to the loop that made them.
