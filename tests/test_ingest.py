@@ -167,7 +167,8 @@ def test_a_malformed_idempotency_key_is_400(ingest, redis_client, key):
     headers = {"Authorization": TOKEN, "Idempotency-Key": key.encode("latin-1")}
     response = ingest.post(json.dumps(LOGTO_BODY).encode(), headers)
     assert response.status_code == 400
-    assert "Idempotency-Key" in response.json()["error"]
+    if "\x7f" not in key:  # a control character: uvicorn's HTTP parser (httptools) refuses it first
+        assert "Idempotency-Key" in response.json()["error"]
     assert redis_client.llen("emailq") == 0
 
 

@@ -46,6 +46,17 @@ redis.call('LPUSH', KEYS[3], 1)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 return false
 """
+# One email onto its lane, and a wake-up token: one command and one reply, where a MULTI
+# would be five. The lane first: an error there (a full Redis, a wrong type) aborts the
+# script before anything is written. Waking is best effort (pcall): once the email is
+# on its lane, no error may say it is not.
+#   KEYS[1] the email's lane   KEYS[2] <p><q>:wake   ARGV[1] task message   ARGV[2] tokens kept
+_ENQUEUE_ONE = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.pcall('LPUSH', KEYS[2], 1)
+redis.pcall('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
 # Idle workers block on the wake list; one token wakes one worker, which then takes until
 # the lanes are empty, so a batch needs only a few.
 WAKE_TOKENS_PER_BATCH = 64
@@ -132,13 +143,17 @@ class ProducerBase:
         return envelope, digest, command
 
     def _push_commands(self, messages: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """One MULTI that LPUSHes each message onto its lane, with wake-up tokens."""
+        """One MULTI that LPUSHes each message onto its lane, with wake-up tokens (one
+        script for one message)."""
+        wake = Keys.of(self.settings).wake
+        if len(messages) == 1:
+            [(lane, message)] = messages
+            return [("EVAL", _ENQUEUE_ONE, 2, lane, wake, message, WAKE_TOKENS_KEPT)]
         lanes: dict[str, list[str]] = {}
         for lane, message in messages:
             lanes.setdefault(lane, []).append(message)
         # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
         chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
-        wake = Keys.of(self.settings).wake
         tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
         return [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
 

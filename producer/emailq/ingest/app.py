@@ -1,49 +1,36 @@
-"""The HTTP ingest: what Logto's HTTP email connector POSTs to.
+"""The HTTP ingest's ASGI app (`emailq serve`): what Logto's HTTP email connector POSTs
+to. What a POST answers is `accept.py`'s; this module serves it.
 
-Logto sends `POST <url>` with `Authorization: <configured value>` and the JSON body
-`{"to", "type", "payload"}`, and needs a 2xx at once; we validate, enqueue and answer
-`202 {"id": ...}`. Refusals are JSON `{"error": ...}`: 400 bad JSON or Idempotency-Key,
-401 wrong Authorization, 409 Idempotency-Key reused for another email, 413 too large,
-422 not a valid email, 503 Redis unavailable (saying whether the email may have been
-enqueued).
-
-A client that retries (a timeout, a 503) sends an `Idempotency-Key` header to have each
-email enqueued at most once: a repeat within EMAILQ_MESSAGE_TTL_SECONDS answers 202
-with the first id and enqueues nothing.
+`POST /` is the hot path, inside a user's sign-in: it is answered by a lean ASGI layer
+in front of FastAPI, with no routing, request object or thread hop per email. FastAPI
+serves everything else (the OpenAPI document, `/healthz`, `/readyz`, `/metrics`) and
+declares `POST /` for the document, with the same `Accept` behind it.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import logging
-import re
-
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from emailq.ingest import metrics
-from emailq.store.depth_metrics import watch_depths
 from emailq.enqueue import connect
 from emailq.enqueue_async import AsyncProducer
-from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
-from emailq.store.keys import Keys
+from emailq.ingest import metrics
+from emailq.ingest.accept import IDEMPOTENCY_KEY_PATTERN, Accept, Answer
 from emailq.message import Email
 from emailq.settings import Settings
+from emailq.store.depth_metrics import watch_depths
+from emailq.store.keys import Keys
 
-log = logging.getLogger("emailq.ingest")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# Room for JSON whitespace around a maximal message; anything larger is refused unread.
-_BODY_SLACK = 4096
-
-# Visible ASCII with inner spaces, as Stripe's keys or the IETF draft's quoted UUIDs are.
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _IDEMPOTENCY_PARAMETER = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -52,11 +39,6 @@ _IDEMPOTENCY_PARAMETER = {
     "a repeat answers 202 with the first id; the same key with another email, 409.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
-
-
-def _refuse(status: int, error: str, **extra: object) -> JSONResponse:
-    metrics.REJECTED_INPUT.labels(str(status)).inc()
-    return JSONResponse({"error": error, **extra}, status_code=status)
 
 
 async def _unready(producer: AsyncProducer) -> str | None:
@@ -72,28 +54,50 @@ async def _unready(producer: AsyncProducer) -> str | None:
     return None
 
 
-def _unavailable(error: QueueUnavailable, keyed: bool) -> str:
-    if not error.maybe_enqueued:
-        return "the queue is unavailable; nothing was enqueued; retry later"
-    if keyed:
-        return "the queue did not answer in time: the email may have been enqueued; retry with the same Idempotency-Key"
-    return (
-        "the queue did not answer in time: the email may have been enqueued, and a retry may "
-        "send it twice (send an Idempotency-Key header to retry safely)"
-    )
+class FastPost:
+    """ASGI middleware: answers `POST /` with `accept` directly; the rest goes to `app`."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], accept: Accept):
+        self.app = app
+        self.accept = accept
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+
+        answer = await self.accept(headers, chunks())
+        body = answer.render()
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _response(answer: Answer) -> JSONResponse:
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def create_app(settings: Settings, producer: AsyncProducer | None = None) -> FastAPI:
     """The ingest's ASGI app. Emails are enqueued on the event loop (`AsyncProducer`), with
     no thread hop per request; `/metrics` reads the depths with a blocking client of its
-    own, in FastAPI's thread pool (prometheus-client's collectors are synchronous)."""
+    own, in FastAPI's thread pool (prometheus-client's collectors are synchronous).
+    `emailq serve` puts `FastPost` in front of it (`serve_app`)."""
     producer = producer or AsyncProducer(settings)
+    accept = Accept(settings, producer)
     probes = connect(settings)
     watch_depths(probes, Keys.of(settings), metrics.REGISTRY)
-    expected = settings.ingest_authorization.get_secret_value().encode() if settings.ingest_authorization else None
-    if expected is None:
-        log.warning("EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email")
-    limit = settings.max_message_bytes + _BODY_SLACK
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -129,41 +133,7 @@ def create_app(settings: Settings, producer: AsyncProducer | None = None) -> Fas
         },
     )
     async def send(request: Request) -> Response:
-        if expected is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _refuse(401, "wrong or missing Authorization header")
-        key = request.headers.get("idempotency-key")
-        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-            return _refuse(400, "Idempotency-Key must be 1 to 255 printable ASCII characters")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return _refuse(413, f"body larger than {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return _refuse(413, f"body larger than {limit} bytes")
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            return _refuse(400, "body is not valid JSON (UTF-8)")
-        try:
-            if key is None:
-                message_id, enqueued = await producer.send(data), True
-            else:
-                message_id, enqueued = await producer.send_once(data, key)
-        except InvalidMessage as error:
-            return _refuse(422, "invalid email", problems=error.problems)
-        except IdempotencyConflict:
-            return _refuse(409, "this Idempotency-Key was already used for a different email")
-        except QueueUnavailable as error:
-            return _refuse(503, _unavailable(error, key is not None))
-        if not enqueued:
-            return JSONResponse({"id": message_id}, status_code=202, headers={"Idempotent-Replayed": "true"})
-        metrics.ENQUEUED.labels("ingest").inc()
-        log.info("enqueued %s", message_id)
-        return JSONResponse({"id": message_id}, status_code=202)
+        return _response(await accept(request.headers, request.stream()))
 
     @app.get("/healthz", summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -180,4 +150,12 @@ def create_app(settings: Settings, producer: AsyncProducer | None = None) -> Fas
     def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    app.state.accept = accept
     return app
+
+
+def serve_app(settings: Settings) -> FastPost:
+    """What `emailq serve` runs: `create_app`'s app behind `FastPost`, outside FastAPI's own
+    middleware, so that an email's POST costs little more than its enqueue."""
+    app = create_app(settings)
+    return FastPost(app, app.state.accept)

@@ -193,7 +193,7 @@ def serve(host: str, port: int) -> None:
     try:
         import uvicorn
 
-        from emailq.ingest.app import create_app
+        from emailq.ingest.app import serve_app
     except ImportError:
         raise ConfigError("'emailq serve' needs the ingest extra: pip install 'emailq[ingest]'") from None
     # The ingest's own lines (one per email enqueued), beside uvicorn's.
@@ -208,7 +208,8 @@ def serve(host: str, port: int) -> None:
     ingest_log.addHandler(handler)
     ingest_log.setLevel(logging.INFO)
     ingest_log.propagate = False
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # No access log: the ingest writes its own line per email; uvicorn's would double the cost.
+    uvicorn.run(serve_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
