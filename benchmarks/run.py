@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks import cells as c
-from benchmarks import enqueue_cost, flow, report
+from benchmarks import enqueue_cost, flow, ingest, report
 from benchmarks.endpoint import fails_forever
 from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile
 
@@ -51,7 +51,7 @@ PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
 STALL_SECONDS = 30.0
 # What --only names: whole sections, or cells by key (shell-style patterns).
-SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue")
+SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue", "ingest")
 
 
 def messages_for(cell: c.Cell, quick: bool) -> int:
@@ -184,6 +184,7 @@ def section_keys() -> dict[str, list[str]]:
         "priority": [flow.priority_key(ms) for ms in flow.PRIORITY_LATENCIES_MS],
         "rate-limit": [flow.RATE_KEY],
         "enqueue": ["enqueue"],
+        "ingest": ["ingest"],
     }
 
 
@@ -404,6 +405,10 @@ def main(argv: list[str] | None = None) -> None:
         if want("enqueue", "enqueue"):
             log("measuring enqueue cost")
             enqueue = enqueue_cost.measure(redis_server, db=60)
+        ingest_result = None
+        if want("ingest", "ingest"):
+            log(f"the ingest under {ingest.CLIENTS} clients, beside a bare ASGI app")
+            ingest_result = ingest.measure(redis_server, workdir, db=61, reps=reps, seconds=3.0 if args.quick else ingest.SECONDS, log=log)
     finally:
         for item in reversed(stoppable):
             item.stop()
@@ -421,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         "priority": priority,
         "rate_limit": rate_limit,
         "enqueue": enqueue,
+        "ingest": ingest_result,
         "only": args.only,
     }
     # A smoke test or a partial run must not replace the last full run's results.
