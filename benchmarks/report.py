@@ -48,6 +48,10 @@ def _times(ratio: float) -> str:
     return "–" if ratio != ratio else f"{ratio:.2f}×"
 
 
+def _us(value: float) -> str:
+    return f"{value:.1f} µs"
+
+
 def _percent(ratio: float) -> str:
     return "–" if ratio != ratio else f"{100 * ratio:.0f}%"
 
@@ -147,6 +151,27 @@ def enqueue_table(enqueue: dict) -> list[str]:
     ]
 
 
+def redis_cost_table(cost: dict) -> list[str]:
+    rows = [
+        f"| Redis per email ({cost['emails']:,} emails) | commands | Redis CPU µs | one Redis core's ceiling |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in ("defaults", "rate limit"):
+        row = cost.get(label)
+        if not row:
+            continue
+        one, batched, delivery = row["enqueue"], row["enqueue_batched"], row["delivery"]
+        rows += [
+            f"| {label}: enqueue, `send` one at a time | {_num(one['commands'], 1)} | {_num(one['cpu_us'], 1)} | |",
+            f"| {label}: enqueue, `send_many` in batches | {_num(batched['commands'], 2)} | {_num(batched['cpu_us'], 1)} | |",
+            f"| {label}: delivery | {_num(delivery['commands'], 1)} | {_num(delivery['cpu_us'], 1)} | |",
+            f"| {label}: enqueue + delivery | | {_num(one['cpu_us'] + delivery['cpu_us'], 1)} "
+            f"(batched {_num(batched['cpu_us'] + delivery['cpu_us'], 1)}) | {_num(row['ceiling_per_s'])}/s "
+            f"(batched {_num(row['ceiling_batched_per_s'])}/s) |",
+        ]
+    return rows
+
+
 def ingest_table(ingest: dict) -> list[str]:
     rows = ["| the ingest, 64 clients | requests/s | p50 ms | p99 ms | every answer 202 |", "|---|---:|---:|---:|:---:|"]
     for name, label in (("emailq", "`emailq serve`, defaults"), ("limit", "limit: bare ASGI app, one LPUSH")):
@@ -159,7 +184,12 @@ def ingest_table(ingest: dict) -> list[str]:
 
 
 def targets_table(
-    results: list[dict], enqueue: dict | None, priority: list[dict] = (), rate: dict | None = None, ingest: dict | None = None
+    results: list[dict],
+    enqueue: dict | None,
+    priority: list[dict] = (),
+    rate: dict | None = None,
+    ingest: dict | None = None,
+    cost: dict | None = None,
 ) -> list[str]:
     """Each target of what this run measured: (what, value, bound, shown as); a negative
     bound is an upper one (value < -bound), a positive one a lower one (value ≥ bound)."""
@@ -201,6 +231,12 @@ def targets_table(
         ]
         if enqueue.get("send_async"):
             checks.append(("`await AsyncProducer.send` p99 < 1 ms", enqueue["send_async"]["p99_us"], -1000, lambda v: f"{v:.0f} µs"))
+    if cost and cost.get("defaults"):
+        row = cost["defaults"]
+        checks += [
+            ("Redis CPU ≤ 30 µs per email, enqueue (batched) + delivery", row["enqueue_batched"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
+            ("Redis CPU ≤ 30 µs per email, enqueue (one at a time) + delivery", row["enqueue"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
+        ]
     if ingest:
         checks += [
             ("ingest ≥ 70% of the bare ASGI limit's requests/s", ingest["ratio"], 0.7, _percent),
@@ -229,6 +265,7 @@ def markdown(data: dict) -> str:
     m = data["machine"]
     results = data["results"]
     priority, rate, enqueue, ingest = data.get("priority") or [], data.get("rate_limit"), data.get("enqueue"), data.get("ingest")
+    cost = data.get("redis_cost")
     lines = [
         "# emailq benchmark results",
         "",
@@ -242,9 +279,10 @@ def markdown(data: dict) -> str:
         *(flow_table(priority, rate) + [""] if priority or rate else []),
         *(enqueue_table(enqueue) + [""] if enqueue else []),
         *(ingest_table(ingest) + [""] if ingest else []),
+        *(redis_cost_table(cost) + [""] if cost else []),
         "Targets:",
         "",
-        *targets_table(results, enqueue, priority, rate, ingest),
+        *targets_table(results, enqueue, priority, rate, ingest, cost),
         "",
         "How to read it:",
         "",

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks import cells as c
-from benchmarks import enqueue_cost, flow, ingest, report
+from benchmarks import enqueue_cost, flow, ingest, redis_cost, report
 from benchmarks.endpoint import fails_forever
 from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile
 
@@ -51,7 +51,7 @@ PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
 STALL_SECONDS = 30.0
 # What --only names: whole sections, or cells by key (shell-style patterns).
-SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue", "ingest")
+SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue", "ingest", "redis-cost")
 
 
 def messages_for(cell: c.Cell, quick: bool) -> int:
@@ -185,6 +185,7 @@ def section_keys() -> dict[str, list[str]]:
         "rate-limit": [flow.RATE_KEY],
         "enqueue": ["enqueue"],
         "ingest": ["ingest"],
+        "redis-cost": ["redis-cost"],
     }
 
 
@@ -409,6 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         if want("ingest", "ingest"):
             log(f"the ingest under {ingest.CLIENTS} clients, beside a bare ASGI app")
             ingest_result = ingest.measure(redis_server, workdir, db=61, reps=reps, seconds=3.0 if args.quick else ingest.SECONDS, log=log)
+        cost = None
+        if want("redis-cost", "redis-cost"):
+            log("Redis's cost per email, on a Redis of its own")
+            cost = redis_cost.measure(workdir, emails=4000 if args.quick else redis_cost.EMAILS, log=log)
     finally:
         for item in reversed(stoppable):
             item.stop()
@@ -427,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         "rate_limit": rate_limit,
         "enqueue": enqueue,
         "ingest": ingest_result,
+        "redis_cost": cost,
         "only": args.only,
     }
     # A smoke test or a partial run must not replace the last full run's results.

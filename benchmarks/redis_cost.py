@@ -1,0 +1,104 @@
+"""What each email costs Redis: commands (`INFO commandstats`, calls inside scripts
+included) and the Redis process's CPU (`used_cpu_user + used_cpu_sys` of `INFO cpu`, I/O
+included), enqueue and delivery measured apart, on a Redis of its own so that nothing else
+is counted.
+
+Enqueue: `EMAILS` emails by `Producer.send`, one at a time, as web apps send (a round trip,
+so a read and a write system call in Redis, per email), and by `send_many` in batches of
+`BATCH`, as bulk sends and `emailq send --file` do. Delivery: one
+`emailq worker` with every setting at its default, against a 0 ms endpoint, delivers them
+all; then the same with `EMAILQ_RATE_LIMIT` set (high enough not to slow the worker, so
+that only the limiter's own cost is added). One Redis core's ceiling follows from the CPU:
+1 s / (enqueue + delivery µs per email).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import cells as c
+from benchmarks.harness import Endpoint, RedisServer
+from benchmarks.messages import email_body
+from emailq.enqueue import Producer
+from emailq.settings import Settings
+
+EMAILS = 20000
+RATE_LIMIT = 100000  # per second: the limiter runs on every take, and never waits
+BATCH = 1000
+STALL_SECONDS = 30.0
+QUEUE = "bench-cost"
+
+
+def snapshot(redis_server: RedisServer) -> tuple[int, float]:
+    """(commands run so far, Redis CPU seconds so far)."""
+    client = redis_server.client()
+    stats = client.info("commandstats")
+    calls = sum(int(entry["calls"]) for entry in stats.values())
+    cpu = client.info("cpu")
+    return calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def per_email(before: tuple[int, float], after: tuple[int, float], emails: int) -> dict[str, float]:
+    # The two INFO calls of a snapshot are counted too: 2 commands, a few µs, per phase.
+    return {"commands": (after[0] - before[0] - 2) / emails, "cpu_us": (after[1] - before[1]) * 1e6 / emails}
+
+
+def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = print) -> dict:
+    (workdir / "cost").mkdir(exist_ok=True)
+    redis_server = RedisServer(workdir / "cost")
+    endpoint = Endpoint(0, workdir)
+    result: dict = {"emails": emails}
+    try:
+        for label, extra_env in (("defaults", {}), ("rate limit", {"EMAILQ_RATE_LIMIT": str(RATE_LIMIT)})):
+            redis_server.client().flushdb()
+            producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(), queue=QUEUE))
+            bodies = [email_body(f"cost-{label}", i) for i in range(emails)]
+            before = snapshot(redis_server)
+            for body in bodies[: emails // 2]:
+                producer.send(body)
+            one_by_one = snapshot(redis_server)
+            for i in range(emails // 2, emails, BATCH):
+                producer.send_many(bodies[i : min(i + BATCH, emails)])
+            enqueued = snapshot(redis_server)
+            producer.close()
+            delivered_before = endpoint.count()
+            # Before the worker starts: its start-up (a few hundred commands) is counted
+            # too, a hundredth of a command per email.
+            start = snapshot(redis_server)
+            worker = c.Emailq(0, endpoint, redis_server, 0, workdir, extra_env=extra_env, name=f"emailq-cost-{label.replace(' ', '-')}", queue=QUEUE)
+            try:
+                assert worker.proc is not None
+                worker.proc.wait_ready()
+                _wait(lambda target=delivered_before + emails: endpoint.count() >= target, "the deliveries")
+                done = snapshot(redis_server)
+            finally:
+                worker.stop()
+            half = emails // 2
+            enqueue, batched = per_email(before, one_by_one, half), per_email(one_by_one, enqueued, emails - half)
+            delivery = per_email(start, done, emails)
+            result[label] = {
+                "enqueue": enqueue,
+                "enqueue_batched": batched,
+                "delivery": delivery,
+                "ceiling_per_s": 1e6 / (enqueue["cpu_us"] + delivery["cpu_us"]),
+                "ceiling_batched_per_s": 1e6 / (batched["cpu_us"] + delivery["cpu_us"]),
+            }
+            log(
+                f"  Redis per email, {label}: enqueue {enqueue['commands']:.1f} commands {enqueue['cpu_us']:.1f} µs "
+                f"(batched {batched['commands']:.2f}, {batched['cpu_us']:.1f} µs), "
+                f"delivery {delivery['commands']:.1f} commands {delivery['cpu_us']:.1f} µs"
+            )
+    finally:
+        endpoint.stop()
+        redis_server.stop()
+    return result
+
+
+def _wait(done: Callable[[], bool], what: str) -> None:
+    since = time.monotonic()
+    while not done():
+        if time.monotonic() - since > STALL_SECONDS * 10:
+            raise RuntimeError(f"{what}: too slow")
+        time.sleep(0.05)
