@@ -9,11 +9,14 @@ both return each message's key (what the endpoint records) and when it was enque
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import BIN, PYTHON, Endpoint, FileSink, Proc, RedisServer, clean_env
+from benchmarks.harness import BIN, PYTHON, REPO, Endpoint, FileSink, Proc, RedisServer, clean_env
 from benchmarks.messages import FLOOR_TASK, NAIVE_TASK, celery_message, email_body
 from emailq.enqueue import Producer
 from emailq.settings import Settings
@@ -191,6 +194,64 @@ class Emailq(Cell):
 
     def enqueue_one(self, item: Any) -> str:
         return self.producer.send(item)
+
+
+ARQ_VENV = REPO / "benchmarks" / ".arq-venv"
+ARQ_REQUIREMENTS = ("arq==0.28.0", "aiohttp>=3.9")
+
+
+def arq_venv() -> Path:
+    """The arq peer's virtualenv (arq pins redis-py below 6), made once."""
+    python = ARQ_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([PYTHON, "-m", "venv", str(ARQ_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *ARQ_REQUIREMENTS], check=True)
+    return ARQ_VENV / "bin"
+
+
+class Arq(Cell):
+    """An arq worker (asyncio, aiohttp, 512 jobs at once), the asyncio job queue's peer.
+
+    Jobs are written as arq's `ArqRedis.enqueue_job` writes them (a pickled job under
+    `arq:job:<id>`, its id in the queue's sorted set scored by enqueue time), from this
+    process: arq's own client cannot be imported beside the worker's redis-py."""
+
+    name = "arq"
+    label = "arq worker, aiohttp, max_jobs 512"
+
+    def __init__(self, latency_ms: float, endpoint: Endpoint, redis_server: RedisServer, db: int, workdir: Path):
+        super().__init__(latency_ms, endpoint)
+        self.redis = redis_server.client(db)
+        self.queue = f"bench-arq-{latency_ms:g}"
+        env = clean_env(BENCH_REDIS_URL=redis_server.url(db), BENCH_QUEUE=self.queue, BENCH_ENDPOINT_URL=endpoint.url)
+        self.proc = Proc(self.key, [str(arq_venv() / "arq"), "benchmarks.arq_worker.WorkerSettings"], env, workdir)
+
+    def prepare(self, bids: list[str]) -> list[Any]:
+        return [email_body(bid, i) for i, bid in enumerate(bids)]
+
+    def _write(self, bodies: list[Any]) -> float:
+        at = time.time()
+        now_ms = int(at * 1000)
+        pipe = self.redis.pipeline(transaction=True)
+        jobs = {}
+        for body in bodies:
+            job_id = uuid.uuid4().hex
+            data = {"t": None, "f": "send_email", "a": (body,), "k": {}, "et": now_ms}
+            pipe.psetex(f"arq:job:{job_id}", 86_400_000, pickle.dumps(data))
+            jobs[job_id] = now_ms
+        pipe.zadd(self.queue, jobs)
+        pipe.execute()
+        return at
+
+    def enqueue(self, prepared: list[Any]) -> tuple[list[str], float]:
+        at = 0.0
+        for i in range(0, len(prepared), _CHUNK):
+            at = at or self._write(prepared[i : i + _CHUNK])
+        return [body["payload"]["bid"] for body in prepared], at
+
+    def enqueue_one(self, item: Any) -> str:
+        self._write([item])
+        return item["payload"]["bid"]
 
 
 class Limit(Cell):

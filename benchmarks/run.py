@@ -158,7 +158,7 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-THROUGHPUT_KINDS = (c.Naive, c.FloorPrefork, c.FloorThreads, c.Emailq)
+THROUGHPUT_KINDS = (c.Naive, c.FloorPrefork, c.FloorThreads, c.Arq, c.Emailq)
 # The limit's clients: httpx's async pool times out connecting at 512 in flight
 # (encode/httpx#3215): it runs at 64, for the comparison only.
 LIMIT_CLIENTS = (("aiohttp", LIMIT_IN_FLIGHT), ("httpx", 64))
