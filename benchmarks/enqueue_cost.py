@@ -17,6 +17,15 @@ from emailq.settings import Settings
 QUEUE = "bench-enqueue"
 
 
+def _stats(took: list[float]) -> dict[str, float]:
+    return {
+        "n": len(took),
+        "p50_us": percentile(took, 50) * 1e6,
+        "p99_us": percentile(took, 99) * 1e6,
+        "mean_us": sum(took) / len(took) * 1e6,
+    }
+
+
 def _one_at_a_time(call, items: list, warmup: int = 100) -> dict[str, float]:
     for item in items[:warmup]:
         call(item)
@@ -25,12 +34,7 @@ def _one_at_a_time(call, items: list, warmup: int = 100) -> dict[str, float]:
         start = time.perf_counter()
         call(item)
         took.append(time.perf_counter() - start)
-    return {
-        "n": len(took),
-        "p50_us": percentile(took, 50) * 1e6,
-        "p99_us": percentile(took, 99) * 1e6,
-        "mean_us": sum(took) / len(took) * 1e6,
-    }
+    return _stats(took)
 
 
 async def _async_one_at_a_time(url: str, items: list, warmup: int = 100) -> dict[str, float]:
@@ -43,12 +47,7 @@ async def _async_one_at_a_time(url: str, items: list, warmup: int = 100) -> dict
             start = time.perf_counter()
             await producer.send(item)
             took.append(time.perf_counter() - start)
-    return {
-        "n": len(took),
-        "p50_us": percentile(took, 50) * 1e6,
-        "p99_us": percentile(took, 99) * 1e6,
-        "mean_us": sum(took) / len(took) * 1e6,
-    }
+    return _stats(took)
 
 
 def measure(redis_server: RedisServer, db: int, sends: int = 2000, bulk: int = 10000, reps: int = 3, sends_async: int = 10000) -> dict:

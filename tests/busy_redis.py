@@ -31,7 +31,19 @@ def busy(url: str, seconds: float) -> Iterator[None]:
     client.ping()
     spinning = threading.Thread(target=client.eval, args=(_SPIN, 0, int(seconds * 1000)))
     spinning.start()
-    time.sleep(0.1)  # the script has the server before the block's first command
+    # The script must have the server before the block's first command: until a PING goes
+    # unanswered, it has not started (a loaded machine can take a while to get there).
+    probe = redis.Redis.from_url(url, socket_timeout=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                break
+            time.sleep(0.01)
+    finally:
+        probe.close()
     try:
         yield
     finally:

@@ -66,17 +66,18 @@ WAKE_TOKENS_KEPT = 1000
 __all__ = ["Producer", "ProducerBase", "connect", "resolve_redis_url", "send_email", "send_many"]
 
 
+def fail_fast(settings: Settings, timeout: float | None, retry: Any) -> dict[str, Any]:
+    """A producer's connection options: `EMAILQ_REDIS_TIMEOUT` (or `timeout`) on connect and
+    on every reply, `retry` (no retries, of the caller's flavour of redis-py: a producer
+    answers at once and says whether the email may have been enqueued), health checks."""
+    timeout = settings.redis_timeout if timeout is None else timeout
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry, "health_check_interval": 30}
+
+
 def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     """A Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying; on
     Sentinel, one that follows the current primary."""
-    timeout = settings.redis_timeout if timeout is None else timeout
-    return redis_client(
-        settings,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+    return redis_client(settings, **fail_fast(settings, timeout, Retry(NoBackoff(), 0)))
 
 
 class ProducerBase:

@@ -25,7 +25,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from emailq.enqueue import ProducerBase, _once_result, confirm_replicas, failure, refuse_if_exec_refused
+from emailq.enqueue import ProducerBase, _once_result, confirm_replicas, fail_fast, failure, refuse_if_exec_refused
 from emailq.errors import QueueUnavailable
 from emailq.message import Email
 from emailq.settings import Settings, get_settings
@@ -37,14 +37,7 @@ __all__ = ["AsyncProducer", "connect_async", "send_email_async", "send_many_asyn
 def connect_async(settings: Settings, *, timeout: float | None = None) -> redis.asyncio.Redis:
     """An asyncio Redis client that fails fast (`EMAILQ_REDIS_TIMEOUT`) rather than retrying;
     on Sentinel, one that follows the current primary."""
-    timeout = settings.redis_timeout if timeout is None else timeout
-    return async_redis_client(
-        settings,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+    return async_redis_client(settings, **fail_fast(settings, timeout, Retry(NoBackoff(), 0)))
 
 
 class AsyncProducer(ProducerBase):
