@@ -244,10 +244,8 @@ class Arq(Cell):
         return at
 
     def enqueue(self, prepared: list[Any]) -> tuple[list[str], float]:
-        at = 0.0
-        for i in range(0, len(prepared), _CHUNK):
-            at = at or self._write(prepared[i : i + _CHUNK])
-        return [body["payload"]["bid"] for body in prepared], at
+        times = [self._write(prepared[i : i + _CHUNK]) for i in range(0, len(prepared), _CHUNK)]
+        return [body["payload"]["bid"] for body in prepared], times[0]
 
     def enqueue_one(self, item: Any) -> str:
         self._write([item])
