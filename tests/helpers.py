@@ -193,14 +193,14 @@ FLOWER_AUTH = ("ops", "flower-pass-1")
 
 
 @contextmanager
-def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH) -> Iterator[str]:
-    """`emailq flower` with basic auth `auth`, on a free port: yields its URL. Its log is
-    `cwd / "flower.log"`."""
+def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH, more_users: str = "") -> Iterator[str]:
+    """`emailq flower` with basic auth `auth` (and `more_users`, "user:password,…"), on a
+    free port: yields its URL. Its log is `cwd / "flower.log"`."""
     port = free_port()
     log = cwd / "flower.log"
     process = subprocess.Popen(
         [EMAILQ, "flower", "--port", str(port)],
-        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(auth)},
+        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ",".join(filter(None, [":".join(auth), more_users]))},
         cwd=cwd,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -228,7 +228,8 @@ DLQ_TYPES = ("SignIn", "Register", "ForgotPassword", "OrganizationInvitation", "
 
 def fill_dead_letters(client: redis.Redis, n: int, keys: Keys = KEYS, start: float | None = None, prefix: str = "dl") -> list[str]:
     """n dead letters written straight into Redis as `DeadLetters.add` wrote them before the
-    reason/type indexes (hash + main index, in pipelines of 10,000), built as the worker
+    reason/type indexes (hash + main index, in pipelines of 10,000; the indexes marked not
+    built), built as the worker
     builds them: entry i has reason DLQ_REASONS[i % 5], type DLQ_TYPES[(i // 5) % 5],
     status 422 + i % 3 (none when expired), recipient user<i>@example.com, and failed
     1 ms after entry i - 1. Returns the ids, newest first."""
@@ -265,5 +266,6 @@ def fill_dead_letters(client: redis.Redis, n: int, keys: Keys = KEYS, start: flo
         with client.pipeline(transaction=False) as pipe:
             pipe.hset(keys.dlq, mapping=entries)
             pipe.zadd(keys.dlq_index, index)
+            pipe.delete(keys.dlq_indexed)  # as before the indexes existed
             pipe.execute()
     return ids[::-1]

@@ -38,15 +38,15 @@ class DeadLettersList(PageHandler):
 
         def read() -> dict[str, Any]:
             entries, next_after = pages.query.page(flt, after, PAGE_SIZE)
-            reasons, types = pages.query.index.counts()
+            reasons, types, total = pages.query.index.counts_and_total()
             indexed = pages.query.index.ready()
-            if not indexed:
-                ensure_indexes(pages.query.index)
+            if not indexed or sum(reasons.values()) != total:
+                ensure_indexes(pages.query.index, out_of_step=indexed)
             return {
                 "entries": entries,
                 "next_after": next_after,
                 "matching": pages.query.count(flt),
-                "total": pages.store.count(),
+                "total": total,
                 "reason_counts": reasons,
                 "type_counts": types,
                 "indexed": indexed,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import tornado.template
@@ -80,24 +81,32 @@ def install(settings: Settings) -> None:
 
 
 _indexing: threading.Thread | None = None
+_last_rebuild = 0.0
+REBUILD_EVERY_SECONDS = 600  # at most this often, should entries ever fail to index
 
 
-def ensure_indexes(index: DeadLetterIndex) -> None:
-    """Start indexing the DLQ on a thread unless it is indexed or being indexed here;
-    called at start and by the page while the indexes are not ready (a builder in
-    another process may have died, or Redis was down)."""
-    global _indexing
-    if _indexing is None or not _indexing.is_alive():
-        _indexing = threading.Thread(target=_build_indexes, args=(index,), name="emailq-dlq-index", daemon=True)
-        _indexing.start()
+def ensure_indexes(index: DeadLetterIndex, out_of_step: bool = False) -> None:
+    """Index the DLQ on a thread unless it is being indexed here: at start, and when
+    the page finds the indexes not ready (a builder in another process died, Redis was
+    down) or `out_of_step` (an older emailq moved entries since they were built)."""
+    global _indexing, _last_rebuild
+    if _indexing is not None and _indexing.is_alive():
+        return
+    if out_of_step:
+        if time.monotonic() - _last_rebuild < REBUILD_EVERY_SECONDS:
+            return
+        _last_rebuild = time.monotonic()
+    _indexing = threading.Thread(target=_build_indexes, args=(index, out_of_step), name="emailq-dlq-index", daemon=True)
+    _indexing.start()
 
 
-def _build_indexes(index: DeadLetterIndex) -> None:
-    """Index a DLQ from before the indexes, once (another process may be at it: then
-    the page scans until that one is done)."""
+def _build_indexes(index: DeadLetterIndex, out_of_step: bool) -> None:
     try:
-        if not index.ready():
+        if out_of_step:
+            log.warning("the dead-letter queue's indexes are out of step with it (an older emailq moved entries?): rebuilding them")
+            index.rebuild()
+        elif not index.ready():
             log.info("indexing the dead-letter queue by reason and type (once)")
             index.build()
-    except Exception as error:  # Redis down at start: the page scans instead, and says so
+    except Exception as error:  # Redis down: the page scans instead, and says so
         log.warning("could not index the dead-letter queue (%s); filters scan until it is", type(error).__name__)

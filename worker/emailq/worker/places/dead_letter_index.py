@@ -150,9 +150,19 @@ class DeadLetterIndex:
 
     def counts(self) -> tuple[dict[str, int], dict[str | None, int]]:
         """(entries per reason, entries per type; None: no decodable message)."""
+        return self.counts_and_total()[:2]
+
+    def counts_and_total(self) -> tuple[dict[str, int], dict[str | None, int], int]:
+        """`counts()` and the DLQ's size, read in one step: the reason counts add up to
+        the size unless an emailq older than the indexes moved entries since they were
+        built (then `rebuild`)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.dlq_counts)
+            pipe.zcard(self.keys.dlq_index)
+            raw, total = pipe.execute()
         reasons: dict[str, int] = {}
         types: dict[str | None, int] = {}
-        for field, value in cast(dict[bytes, bytes], self._redis.hgetall(self.keys.dlq_counts)).items():
+        for field, value in cast(dict[bytes, bytes], raw).items():
             name, n = field.decode(), int(value)
             if name.startswith("reason:"):
                 reasons[name.removeprefix("reason:")] = n
@@ -160,7 +170,22 @@ class DeadLetterIndex:
                 types[name.removeprefix("type:")] = n
             elif name == "no-type":
                 types[None] = n
-        return reasons, types
+        return reasons, types, int(total)
+
+    def rebuild(self) -> bool:
+        """Drop the indexes and `build` them again (readers scan meanwhile)."""
+        lease = Lease(self._redis, self.keys.dlq_indexing)
+        if not lease.acquire():
+            return False
+        try:
+            self._redis.delete(self.keys.dlq_indexed)
+            reasons, types = self.counts()
+            stale = [self.keys.dlq_by_reason(r) for r in reasons] + [self.keys.dlq_by_type(t) for t in types]
+            # One DEL: an entry a script indexed meanwhile leaves zset and count together.
+            self._redis.delete(self.keys.dlq_counts, *stale)
+        finally:
+            lease.release()
+        return self.build()
 
     def build(self) -> bool:
         """Index every entry, once, under the lease; False when another process holds it
