@@ -91,3 +91,36 @@ def test_an_entry_json_of_the_worker_is_what_the_index_reads(redis_client):
     store.add(e)
     assert json.loads(redis_client.hget(KEYS.dlq, "m1")) == asdict(e)
     assert redis_client.zscore(KEYS.dlq_by_type("SignIn"), "m1") == e.failed_at
+
+
+def test_the_query_pages_and_filters_as_reading_every_entry_would(redis_client):
+    from emailq.worker.places.dead_letter_query import DeadLetterQuery, Filter
+
+    start = 1_000_000.0
+    ids = fill_dead_letters(redis_client, 1200, start=start)  # newest first, 1 ms apart
+    query = DeadLetterQuery(redis_client, KEYS)
+    everything = [DeadLetter(**json.loads(redis_client.hget(KEYS.dlq, i))) for i in ids]
+    filters = [
+        Filter(),
+        Filter(reason="exhausted"),
+        Filter(type="SignIn"),
+        Filter(reason="rejected", type="Generic"),
+        Filter(status=423),
+        Filter(recipient="USER11"),
+        Filter(since=start + 0.2, until=start + 0.7),
+        Filter(reason="error", since=start + 0.5),
+    ]
+    for indexed in (False, True):
+        if indexed:
+            assert query.index.build()
+        for flt in filters:
+            expected = [e.id for e in everything if flt.matches(e)]
+            assert query.count(flt) == len(expected), flt
+            assert [i for chunk in query.id_chunks(flt) for i in chunk] == expected, flt
+            shown, after = [], None
+            while True:
+                page, after = query.page(flt, after, limit=37)
+                shown += [e.id for e in page]
+                if after is None:
+                    break
+            assert shown == expected, flt

@@ -1,7 +1,7 @@
 """The dead letters page as an operator uses it: in headless Chromium (Debian's, driven by
 Playwright), against `emailq flower`, a real Redis, a real worker and a real endpoint.
 
-Screenshots go to $EMAILQ_SCREENSHOTS_DIR when set (docs/images/ for the README), else
+Screenshots go to $SCREENSHOTS_DIR when set (docs/images/ for the README), else
 to the test's temporary directory.
 """
 
@@ -53,7 +53,7 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    directory = Path(os.environ.get("EMAILQ_SCREENSHOTS_DIR") or tmp_path)
+    directory = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
