@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import tornado.template
+from tornado.ioloop import IOLoop
 
 from emailq.enqueue import connect
 from emailq.settings import Settings
@@ -77,7 +78,8 @@ def install(settings: Settings) -> None:
     catch_all = next(i for i, h in enumerate(handlers) if isinstance(h, tuple) and h[0] == r".*")
     handlers[catch_all:catch_all] = routes(pages)
     app_settings["template_loader"] = Templates(app_settings["template_path"])
-    ensure_indexes(query.index)
+    # Once Flower's loop runs (its logging is set up by then, so the build's lines show).
+    IOLoop.current().add_callback(ensure_indexes, query.index)
 
 
 _indexing: threading.Thread | None = None
