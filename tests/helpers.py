@@ -193,19 +193,20 @@ FLOWER_AUTH = ("ops", "flower-pass-1")
 
 
 @contextmanager
-def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH, more_users: str = "") -> Iterator[str]:
+def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH, more_users: str = "", url_prefix: str = "") -> Iterator[str]:
     """`emailq flower` with basic auth `auth` (and `more_users`, "user:password,…"), on a
-    free port: yields its URL. Its log is `cwd / "flower.log"`."""
+    free port, under Flower's `url_prefix` if given: yields its URL (prefix included). Its
+    log is `cwd / "flower.log"`."""
     port = free_port()
     log = cwd / "flower.log"
     process = subprocess.Popen(
-        [EMAILQ, "flower", "--port", str(port)],
+        [EMAILQ, "flower", "--port", str(port), *([f"--url_prefix={url_prefix}"] if url_prefix else [])],
         env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ",".join(filter(None, [":".join(auth), more_users]))},
         cwd=cwd,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}" + (f"/{url_prefix}" if url_prefix else "")
 
     def up() -> bool:
         assert process.poll() is None, log.read_text()

@@ -233,8 +233,22 @@ def test_a_second_action_is_refused_while_one_runs(flower, browser, redis_client
     other.release()
 
 
+def test_the_page_lives_under_flowers_url_prefix(settings_env, redis_client, browser, tmp_path):
+    fill_dead_letters(redis_client, 3)
+    with running_flower(settings_env, tmp_path, url_prefix="flower") as url:
+        assert url.endswith("/flower")
+        page = signed_in(browser)
+        page.goto(url + "/broker")
+        page.click("nav >> text=Dead letters")
+        assert page.url == url + "/dead-letters"
+        page.click("#purge-matching")
+        page.click("#confirm-button")
+        assert finish_action(page).startswith("Done: 3 purged")  # the progress endpoint, prefixed too
+    assert redis_client.hlen(KEYS.dlq) == 0
+
+
 def _listening_pid(url: str) -> int:
-    port = int(url.rsplit(":", 1)[1])
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
     (pid,) = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"}
     return pid
 
