@@ -124,3 +124,19 @@ def test_the_query_pages_and_filters_as_reading_every_entry_would(redis_client):
                 if after is None:
                     break
             assert shown == expected, flt
+
+
+def test_indexes_out_of_step_after_an_older_writer_are_rebuilt(redis_client):
+    store = DeadLetters(redis_client, KEYS, max_age_seconds=0)
+    index = DeadLetterIndex(redis_client, KEYS)
+    assert index.build()  # empty
+    store.add(entry(1, "rejected", "SignIn"))
+    fill_dead_letters(redis_client, 50)  # an emailq older than the indexes adds ...
+    redis_client.hdel(KEYS.dlq, "m1")  # ... and purges, leaving the indexes behind
+    redis_client.zrem(KEYS.dlq_index, "m1")
+    reasons, _, total = index.counts_and_total()
+    assert sum(reasons.values()) != total
+    assert index.rebuild()
+    reasons, _, total = index.counts_and_total()
+    assert sum(reasons.values()) == total == 50
+    assert_indexes_match(redis_client)
