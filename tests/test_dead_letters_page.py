@@ -139,7 +139,8 @@ def test_filter_by_reason_replay_and_each_arrives_once(flower, browser, producer
     assert page.inner_text("#total") == "10"
     assert page.inner_text("[data-reason=rejected] .count") == "6"
     assert page.inner_text("[data-reason=exhausted] .count") == "4"
-    page.click("[data-reason=rejected]")
+    with page.expect_navigation():
+        page.click("[data-reason=rejected]")
     assert page.inner_text("#matching") == "6"
     assert sorted(page.eval_on_selector_all("#entries tbody tr", "rows => rows.map(r => r.dataset.id)")) == sorted(refused)
     page.screenshot(path=str(shots / "dead-letters-filtered.png"), full_page=True)
@@ -176,7 +177,8 @@ def test_purge_a_filtered_set(flower, browser, redis_client, shots, tmp_path):
     page.goto(flower + "/dead-letters")
     page.select_option("#f-type", "Generic")
     page.fill("#f-status", "423")
-    page.click("#apply-filters")
+    with page.expect_navigation():
+        page.click("#apply-filters")
     generic_423 = {e for i, e in enumerate(reversed(ids)) if i // 5 % 5 == 4 and i % 5 != 2 and 422 + i % 3 == 423}
     assert page.inner_text("#matching") == str(len(generic_423))
     page.click("#purge-matching")
@@ -204,7 +206,7 @@ def test_an_entry_is_masked_until_revealed_on_purpose(flower, browser, redis_cli
     page = signed_in(browser)
     page.goto(flower + "/dead-letters")
     page.click(f"text={newest}")
-    assert page.is_visible("#masked")
+    page.wait_for_selector("#masked")  # the click navigates; wait for the entry page
     assert CODE not in page.inner_text("#message") and '"code": "***"' in page.inner_text("#message")
     assert "422" in page.inner_text("#attempts") or "423" in page.inner_text("#attempts") or "424" in page.inner_text("#attempts")
     page.screenshot(path=str(shots / "dead-letter-masked.png"), full_page=True)
@@ -240,7 +242,7 @@ def test_the_page_lives_under_flowers_url_prefix(settings_env, redis_client, bro
         page = signed_in(browser)
         page.goto(url + "/broker")
         page.click("nav >> text=Dead letters")
-        assert page.url == url + "/dead-letters"
+        page.wait_for_url(url + "/dead-letters")
         page.click("#purge-matching")
         page.click("#confirm-button")
         assert finish_action(page).startswith("Done: 3 purged")  # the progress endpoint, prefixed too

@@ -26,7 +26,6 @@ from emailq.worker.places.dead_letters import REASONS, DeadLetter
 
 PAGE_SIZE = 50
 MAX_SELECTED = 1000  # ids one POST may carry (a page shows 50)
-FILTER_FIELDS = ("reason", "type", "status", "recipient", "since", "until")
 
 
 class DeadLettersList(PageHandler):
@@ -69,8 +68,8 @@ class DeadLetterEntry(PageHandler):
 
     async def show(self, message_id: str, reveal: bool) -> None:
         store = self.pages.store
-        entry = await self.blocking(lambda: next(iter(store.redis.hmget(store.key, [message_id])), None))
-        shown = None if entry is None else _entry(entry).public(reveal)
+        row = await self.blocking(store.redis.hget, store.key, message_id)
+        shown = None if row is None else _entry(row).public(reveal)
         self.set_status(200 if shown else 404)
         self.render("dead_letter.html", active_tab="dead_letters", message_id=message_id, entry=shown, revealed=reveal)
 
