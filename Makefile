@@ -17,6 +17,8 @@ dev: install
 	$(VENV)/bin/emailq dev
 
 test: install
+	# The dead letters page is tested in headless Chromium: Debian's, never Playwright's download.
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(VENV)/bin/ruff check producer worker tests benchmarks
 	$(VENV)/bin/ruff format --check producer worker tests benchmarks
 	$(MAKE) --no-print-directory typecheck

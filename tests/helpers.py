@@ -193,19 +193,20 @@ FLOWER_AUTH = ("ops", "flower-pass-1")
 
 
 @contextmanager
-def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH) -> Iterator[str]:
-    """`emailq flower` with basic auth `auth`, on a free port: yields its URL. Its log is
-    `cwd / "flower.log"`."""
+def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWER_AUTH, more_users: str = "", url_prefix: str = "") -> Iterator[str]:
+    """`emailq flower` with basic auth `auth` (and `more_users`, "user:password,…"), on a
+    free port, under Flower's `url_prefix` if given: yields its URL (prefix included). Its
+    log is `cwd / "flower.log"`."""
     port = free_port()
     log = cwd / "flower.log"
     process = subprocess.Popen(
-        [EMAILQ, "flower", "--port", str(port)],
-        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ":".join(auth)},
+        [EMAILQ, "flower", "--port", str(port), *([f"--url_prefix={url_prefix}"] if url_prefix else [])],
+        env={**os.environ, **env, "EMAILQ_FLOWER_BASIC_AUTH": ",".join(filter(None, [":".join(auth), more_users]))},
         cwd=cwd,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}" + (f"/{url_prefix}" if url_prefix else "")
 
     def up() -> bool:
         assert process.poll() is None, log.read_text()
@@ -220,3 +221,52 @@ def running_flower(env: dict[str, str], cwd: Path, auth: tuple[str, str] = FLOWE
     finally:
         process.terminate()
         process.wait(10)
+
+
+DLQ_REASONS = ("rejected", "exhausted", "expired", "malformed", "error")
+DLQ_TYPES = ("SignIn", "Register", "ForgotPassword", "OrganizationInvitation", "Generic")
+
+
+def fill_dead_letters(client: redis.Redis, n: int, keys: Keys = KEYS, start: float | None = None, prefix: str = "dl") -> list[str]:
+    """n dead letters written straight into Redis as `DeadLetters.add` wrote them before the
+    reason/type indexes (hash + main index, in pipelines of 10,000; the indexes marked not
+    built), built as the worker
+    builds them: entry i has reason DLQ_REASONS[i % 5], type DLQ_TYPES[(i // 5) % 5],
+    status 422 + i % 3 (none when expired), recipient user<i>@example.com, and failed
+    1 ms after entry i - 1. Returns the ids, newest first."""
+    import json
+    from dataclasses import asdict
+
+    from emailq.message import Email, Envelope
+    from emailq.worker.places.dead_letters import DeadLetter
+
+    start = time.time() - 3600 if start is None else start
+    envelope = Envelope.wrap(Email(to="x@example.com", type="SignIn", payload={"code": "918273", "locale": "en"}), 900, id="x").dump()
+    ids = [f"{prefix}-{i:07d}" for i in range(n)]
+    for first in range(0, n, 10000):
+        entries, index = {}, {}
+        for i in range(first, min(n, first + 10000)):
+            failed_at = start + i * 1e-3
+            reason = DLQ_REASONS[i % 5]
+            status = None if reason == "expired" else 422 + i % 3
+            message = {**envelope["message"], "to": f"user{i}@example.com", "type": DLQ_TYPES[(i // 5) % 5]}
+            entry = DeadLetter(
+                id=ids[i],
+                reason=reason,
+                detail=f"HTTP {status}" if status else "past its expiry",
+                status=status,
+                response_excerpt='{"error":"template not found"}' if status else "",
+                attempts=1,
+                first_attempt_at=failed_at,
+                last_attempt_at=failed_at,
+                failed_at=failed_at,
+                history=[{"at": failed_at, "status": status}] if status else [],
+                envelope={**envelope, "id": ids[i], "message": message},
+            )
+            entries[ids[i]], index[ids[i]] = json.dumps(asdict(entry)), failed_at
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.dlq, mapping=entries)
+            pipe.zadd(keys.dlq_index, index)
+            pipe.delete(keys.dlq_indexed)  # as before the indexes existed
+            pipe.execute()
+    return ids[::-1]

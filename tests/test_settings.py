@@ -129,6 +129,10 @@ INVALID = [
     ("EMAILQ_LOG_FORMAT", "xml"),
     ("EMAILQ_METRICS_PORT", "70000"),
     ("EMAILQ_FLOWER_BASIC_AUTH", "no-colon-secret"),
+    ("EMAILQ_FLOWER_BASIC_AUTH", "ops:pw1,alice"),
+    ("EMAILQ_FLOWER_BASIC_AUTH", "ops:pw1,"),
+    ("EMAILQ_FLOWER_BASIC_AUTH", ":pw1"),
+    ("EMAILQ_FLOWER_BASIC_AUTH", "ops:"),
     # Secrets that cannot work: refused at start, not on every delivery.
     ("EMAILQ_ENDPOINT_AUTHORIZATION", ""),
     ("EMAILQ_ENDPOINT_AUTHORIZATION", "   "),
@@ -451,3 +455,26 @@ def test_a_bad_ca_file_stops_the_command_at_start(settings_env, redis_client, pe
     env = {**settings_env, "EMAILQ_REDIS_URL": settings_env["EMAILQ_REDIS_URL"].replace("redis://", "rediss://")}
     result = run_emailq(SEND, {**env, "EMAILQ_REDIS_TLS_CA_FILE": pem["junk"]}, tmp_path)
     assert_refused_naming(result, "EMAILQ_REDIS_TLS_CA_FILE")
+
+
+def test_flower_basic_auth_takes_one_pair_per_operator(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMAILQ_FLOWER_BASIC_AUTH", "ops:pw1,alice:s3cr:et")
+    get_settings.cache_clear()
+    try:
+        auth = get_settings().flower_basic_auth
+    finally:
+        get_settings.cache_clear()
+    assert auth is not None and auth.get_secret_value() == "ops:pw1,alice:s3cr:et"
+
+
+def test_a_bad_second_operator_is_refused_without_echoing_the_first_password(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMAILQ_FLOWER_BASIC_AUTH", "ops:hunter2,alice")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert "hunter2" not in str(raised.value) and "EMAILQ_FLOWER_BASIC_AUTH" in str(raised.value)

@@ -238,8 +238,14 @@ class Settings(BaseSettings):
     @field_validator("flower_basic_auth")
     @classmethod
     def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and ":" not in value.get_secret_value():
-            raise ValueError("must be user:password")
+        # One `user:password` per operator, comma-separated, as Flower's --basic-auth takes
+        # them (so no commas inside a password); the dead letters page logs the user name.
+        # The message never quotes the value: it holds passwords.
+        if value is not None:
+            for pair in value.get_secret_value().split(","):
+                user, colon, password = pair.partition(":")
+                if not (user.strip() and colon and password):
+                    raise ValueError("must be user:password, or several user:password pairs separated by commas")
         return value
 
     @field_validator("signing_secret")

@@ -21,9 +21,27 @@ remote control's pub/sub channels carry it too.
                                         time (ms, Redis's clock); due ones rejoin their lane
     <p><q>:dlq                  hash    message id -> dead-letter entry (JSON)
     <p><q>:dlq:index            zset    message id scored by the time it failed
+    <p><q>:dlq:reason:<r>       zset    the ids of reason <r>, scored as :dlq:index
+    <p><q>:dlq:type:<t>         zset    the ids of template type <t>, scored as :dlq:index
+    <p><q>:dlq:no-type          zset    the ids whose message was undecodable (no type)
+    <p><q>:dlq:counts           hash    "reason:<r>" / "type:<t>" / "no-type" -> members of
+                                        that index (fields at 0 are deleted)
+    <p><q>:dlq:indexed          string  set once the reason/type indexes hold every entry
+                                        (a DLQ from before them is indexed once, under
+                                        :dlq:indexing, a lease)
+    <p><q>:dlq:indexing         string  lease of the one process building the indexes
+    <p><q>:dlq:action           string  lease of the dead letters page's one bulk action
+    <p><q>:dlq:action:progress  hash    that action's progress (kept a day after it ends)
+    <p><q>:dlq:action:ids       list    the ids the action touches, snapshotted when the
+                                        operator confirmed (read back in chunks)
     <p><q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
                                         its hash) that enqueued that email; expires after
                                         EMAILQ_MESSAGE_TTL_SECONDS
+
+The reason and type indexes are kept in the same Lua steps that add, retain, replay and
+purge entries (emailq.worker.places.dead_letter_index); those scripts name them from the
+`:dlq` key they are given, so no script signature changed when they came (a Redis
+Cluster would need them declared; emailq runs on one primary).
 
 These are whole key names, for emailq's own clients and scripts. kombu's client in the
 worker's channel prefixes some commands itself (and only the first key of a script):
@@ -95,6 +113,37 @@ class Keys:
     @property
     def dlq_index(self) -> str:
         return f"{self.interactive}:dlq:index"
+
+    def dlq_by_reason(self, reason: str) -> str:
+        return f"{self.dlq}:reason:{reason}"
+
+    def dlq_by_type(self, type_: str | None) -> str:
+        """The index of template type `type_`; None: entries without a decodable message."""
+        return f"{self.dlq}:no-type" if type_ is None else f"{self.dlq}:type:{type_}"
+
+    @property
+    def dlq_counts(self) -> str:
+        return f"{self.dlq}:counts"
+
+    @property
+    def dlq_indexed(self) -> str:
+        return f"{self.dlq}:indexed"
+
+    @property
+    def dlq_indexing(self) -> str:
+        return f"{self.dlq}:indexing"
+
+    @property
+    def dlq_action(self) -> str:
+        return f"{self.dlq}:action"
+
+    @property
+    def dlq_action_progress(self) -> str:
+        return f"{self.dlq}:action:progress"
+
+    @property
+    def dlq_action_ids(self) -> str:
+        return f"{self.dlq}:action:ids"
 
     def inflight(self, owner: str) -> str:
         return f"{self.interactive}:inflight:{owner}"

@@ -239,10 +239,12 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     app.conf.broker_transport = None
     app.conf.broker_url = flower_broker_url(settings)
     from emailq.worker.commands.flower_broker import ask_every_sentinel
+    from emailq.worker.commands.flower_pages import install
     from emailq.worker.commands.flower_queues import show_dead_letters
 
     show_dead_letters(Keys.of(settings))
     ask_every_sentinel(settings)
+    install(settings)  # the dead letters page, same origin and auth
     app.start(
         [
             "flower",

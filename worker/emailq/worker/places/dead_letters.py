@@ -4,6 +4,9 @@ Redis layout (`emailq.store.keys`), next to the queue `<p><q>` (key prefix, queu
 
 - `<p><q>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
 - `<p><q>:dlq:index`  sorted set, message id scored by the time it failed
+- `<p><q>:dlq:reason:<r>`, `<p><q>:dlq:type:<t>`, `<p><q>:dlq:counts`: the reason and
+  type indexes of the dead letters page, kept by the same scripts (`INDEX_LUA`'s
+  `index_entry` / `unindex_entry` lines); see `dead_letter_index`
 
 Every move in or out is one atomic step (MULTI/EXEC or a Lua script), so a crash in the
 middle of a replay or purge leaves each email either in the DLQ or on the queue, never
@@ -39,6 +42,7 @@ from emailq.store.keys import Keys
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 from emailq.worker import metrics
+from emailq.worker.places.dead_letter_index import INDEX_LUA
 
 log = logging.getLogger("emailq.worker")
 
@@ -53,10 +57,13 @@ BATCH = 500  # ids per round trip (and per script call) when walking the DLQ
 # Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries scored below
 # `cutoff` (a failed_at; '-inf': no age limit), then the oldest beyond `max_entries` (0: no
 # cap), at most `budget` in all. Returns {dropped by count, dropped by age}.
-_RETAIN = """
+_RETAIN = (
+    INDEX_LUA
+    + """
 local function retain(max_entries, cutoff, budget)
   local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, budget)
   if #old > 0 then
+    for _, id in ipairs(old) do unindex_entry(id) end
     redis.call('HDEL', KEYS[1], unpack(old))
     redis.call('ZREM', KEYS[2], unpack(old))
   end
@@ -66,12 +73,14 @@ local function retain(max_entries, cutoff, budget)
   local over = {}
   if n > 0 then
     over = redis.call('ZRANGE', KEYS[2], 0, n - 1)
+    for _, id in ipairs(over) do unindex_entry(id) end
     redis.call('HDEL', KEYS[1], unpack(over))
     redis.call('ZREM', KEYS[2], unpack(over))
   end
   return {#over, #old}
 end
 """
+)
 
 # KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
 # ('' when the entry comes from nowhere), then retention's max_entries, cutoff, budget.
@@ -87,8 +96,10 @@ local t1, t2 = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
 if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'zset') then
   return redis.error_reply('WRONGTYPE the dead-letter keys hold another type')
 end
+unindex_entry(ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+index_entry(ARGV[1], ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
 local dropped = retain(tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]))
 return {1, dropped[1], dropped[2]}
@@ -104,8 +115,11 @@ return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
 )
 
 # KEYS: dlq, index, the email's lane, the wake list. ARGV: id, the task message.
-_REPLAY = """
+_REPLAY = (
+    INDEX_LUA
+    + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+unindex_entry(ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
@@ -113,6 +127,21 @@ redis.call('LPUSH', KEYS[4], 1)
 redis.call('LTRIM', KEYS[4], 0, 999)
 return 1
 """
+)
+
+# KEYS: dlq, index. ARGV: ids. Deletes those still there; returns how many were.
+_PURGE = (
+    INDEX_LUA
+    + """
+local removed = 0
+for _, id in ipairs(ARGV) do
+  unindex_entry(id)
+  removed = removed + redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+return removed
+"""
+)
 
 
 @dataclass
@@ -203,6 +232,7 @@ class DeadLetters:
         self._replay = client.register_script(_REPLAY)
         self._add = client.register_script(_ADD)
         self._trim = client.register_script(_TRIM)
+        self._purge = client.register_script(_PURGE)
 
     @property
     def redis(self) -> redis.Redis:
@@ -363,14 +393,10 @@ class DeadLetters:
         return self.replay(itertools.chain.from_iterable(self._pages()), ttl_seconds, bulk_ttl_seconds)
 
     def purge(self, message_ids: Iterable[str]) -> int:
-        """Delete entries for good, `BATCH` per MULTI; returns how many were there."""
+        """Delete entries for good, `BATCH` per script call; returns how many were there."""
         removed = 0
         for chunk in _chunks(message_ids):
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self.key, *chunk)
-                pipe.zrem(self.index_key, *chunk)
-                deleted, _ = pipe.execute()
-            removed += deleted
+            removed += self._purge(keys=[self.key, self.index_key], args=chunk)
         return removed
 
     def purge_all(self) -> int:
