@@ -127,6 +127,7 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
                 endpoint.shutdown()
             endpoint.server_close()
         _leave_redis(settings, started_redis, redis_url)
+        parts.release()
 
 
 def _parts(ingest_port: int, flower_port: int) -> dict[str, list[str]]:

@@ -38,6 +38,7 @@ class Parts:
 
     lifeline: Lifeline = field(default_factory=Lifeline)
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    guard: subprocess.Popen[bytes] | None = None
 
     def start(self, name: str, args: list[str], env: dict[str, str], out: IO[bytes] | None) -> None:
         """`emailq ARGS` as the part `name`, its output to `out` (None: this terminal)."""
@@ -50,10 +51,10 @@ class Parts:
         `redis_guard`); it exits by itself when this process does."""
         pids = [str(process.pid) for process in self.running.values()]
         argv = [sys.executable, "-m", "emailq.worker.commands.redis_guard", str(self.lifeline.fd), str(data_dir), *pids]
-        guard = subprocess.Popen(argv, stdin=subprocess.PIPE, **self.lifeline.popen_options())
-        assert guard.stdin is not None
-        guard.stdin.write(url.encode() + b"\n")
-        guard.stdin.close()
+        self.guard = subprocess.Popen(argv, stdin=subprocess.PIPE, **self.lifeline.popen_options())
+        assert self.guard.stdin is not None
+        self.guard.stdin.write(url.encode() + b"\n")
+        self.guard.stdin.close()
 
     def exited(self) -> tuple[str, int] | None:
         """The first part found exited, with its exit status; None while all run."""
@@ -76,6 +77,16 @@ class Parts:
                 pass  # it exited in between
         _wait_all(self.running.values(), KILL_SECONDS)
         return killed
+
+    def release(self) -> None:
+        """Once the parts are stopped (and Redis with them, when this process started
+        it): cut the lifeline and wait for the guard, so that nothing outlives the command."""
+        self.lifeline.close()
+        if self.guard is not None:
+            _wait_all([self.guard], KILL_SECONDS)
+            if self.guard.poll() is None:
+                self.guard.kill()
+                self.guard.wait()
 
 
 def _wait_all(processes: Iterable[subprocess.Popen[bytes]], seconds: float) -> None:
