@@ -220,10 +220,13 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-def wait_gone(processes: Sequence[psutil.Process], timeout: float, what: str) -> None:
-    """Until none of `processes` runs; fails naming those still running after `timeout`."""
+def wait_gone(processes: Sequence[psutil.Process], timeout: float, what: str) -> float:
+    """Until none of `processes` runs: the seconds that took. Fails naming those still
+    running after `timeout`."""
+    started = time.monotonic()
     try:
         wait_for(lambda: not any(running(p) for p in processes), timeout, what, interval=0.1)
+        return time.monotonic() - started
     except AssertionError:
         left = [f"{p.pid} {' '.join(p.cmdline()[:6])}" for p in processes if running(p)]
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; still running: {left}") from None

@@ -84,10 +84,25 @@ def test_dev_killed_with_sigkill_leaves_no_part_running(data_dir: Path, tmp_path
         assert len(parts) >= 4  # the worker, the ingest, Flower, the embedded Redis
         dev.process.kill()  # `kill -9` of emailq dev alone: no cleanup of its own runs
         dev.process.wait()
-        wait_gone(parts, ORPHANS_GONE_WITHIN, "every part of a killed emailq dev to be gone")
+        took = wait_gone(parts, ORPHANS_GONE_WITHIN, "every part of a killed emailq dev to be gone")
+        print(f"kill -9: every part of emailq dev gone {took:.2f}s later")
         assert embedded_redis.running(data_dir) is None
         # So the next `emailq dev` finds its ports free.
         assert not [port for port in (dev.ingest, dev.flower, dev.endpoint) if port_in_use("127.0.0.1", port)]
+
+
+def test_dev_killed_keeps_an_embedded_redis_it_did_not_start(data_dir: Path, tmp_path: Path):
+    url = embedded_redis.ensure_running(data_dir)  # as an earlier `emailq` command leaves it
+    redis_pid = int((data_dir / "redis.pid").read_text())
+    with running_dev(data_dir, tmp_path) as dev:
+        dev.wait_ready()
+        parts = [part for part in dev.parts() if part.pid != redis_pid]
+        assert len(parts) == 3  # the worker, the ingest, Flower: no guard for a Redis it found
+        dev.process.kill()
+        dev.process.wait()
+        wait_gone(parts, ORPHANS_GONE_WITHIN, "every part of a killed emailq dev to be gone")
+    # Shared by every command: the other commands using it still find it.
+    assert embedded_redis.running(data_dir) == url
 
 
 @pytest.mark.parametrize(
