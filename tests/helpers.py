@@ -191,9 +191,11 @@ class Dev:
 
 
 @contextmanager
-def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
+def running_dev(data_dir: Path, cwd: Path, sigint: Any = signal.SIG_DFL) -> Iterator[Dev]:
     """`emailq dev` run in `cwd` on free ports, its embedded Redis under `data_dir`;
-    killed, with every process it started, if still running at the end."""
+    killed, with every process it started, if still running at the end. It starts with
+    SIGINT set to `sigint`: by default as an interactive shell starts a foreground job,
+    whatever the tests' own runner ignores (`SIG_IGN`: as a script's `command &` does)."""
     ingest, flower, endpoint = free_port(), free_port(), free_port()
     log = cwd / "dev.log"
     process = subprocess.Popen(
@@ -203,6 +205,7 @@ def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     try:
         yield Dev(process, log, ingest, flower, endpoint, data_dir)

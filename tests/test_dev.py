@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -61,6 +62,19 @@ def test_dev_delivers_a_first_email_and_stops_on_ctrl_c(data_dir: Path, tmp_path
         assert embedded_redis.running(data_dir) is None
         assert "stopped the embedded Redis" in dev.shown()
     assert not re.search(r"Traceback", dev.shown())
+
+
+def test_dev_stops_on_ctrl_c_even_when_started_with_sigint_ignored(data_dir: Path, tmp_path: Path):
+    # As a CI runner or a script's `emailq dev &` starts it: Python then leaves SIGINT
+    # ignored unless the command takes it back, and Ctrl-C did nothing for 40 s.
+    with running_dev(data_dir, tmp_path, sigint=signal.SIG_IGN) as dev:
+        dev.wait_ready()
+        parts = dev.parts()
+        assert dev.interrupt() == 0, dev.shown()
+        print(f"Ctrl-C (started with SIGINT ignored) stopped emailq dev in {dev.stopped_in:.2f}s")
+        assert dev.stopped_in is not None and dev.stopped_in < STOPS_WITHIN, dev.shown()
+        wait_gone(parts, 5, "every part of emailq dev to be gone")
+        assert embedded_redis.running(data_dir) is None
 
 
 def test_dev_sigterm_leaves_no_part_running(data_dir: Path, tmp_path: Path):

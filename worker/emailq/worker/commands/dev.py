@@ -69,10 +69,7 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
     if busy is not None:
         click.secho(f"emailq dev: {busy}", fg="red", err=True)
         return 1
-    # SIGTERM (`kill`, `timeout`, a service manager) and SIGHUP (the terminal closed) stop
-    # it as Ctrl-C does: the parts, and the embedded Redis when it started it, go too.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.default_int_handler)
+    _stop_on_signals()
     parts = dev_parts.Parts()
     redis_url, redis_note, started_redis = None, "EMAILQ_REDIS_URL", False
     endpoint, serving = None, False
@@ -83,13 +80,9 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
             redis_note = f"embedded, data in {settings.data_dir}"
         env = dict(os.environ)
         if settings.endpoint_url is None:
-            try:
-                endpoint = ThreadingHTTPServer((HOST, endpoint_port), _PrintingEndpoint)
-            except OSError as error:  # taken since `_busy_port` looked
-                problem = f"the printing endpoint cannot listen on {HOST}:{endpoint_port} ({error.strerror})"
-                click.secho(f"emailq dev: {problem}: pass --endpoint-port PORT, or set EMAILQ_ENDPOINT_URL", fg="red", err=True)
+            endpoint = _printing_endpoint(endpoint_port)
+            if endpoint is None:
                 return 1
-            endpoint.daemon_threads = True  # a keep-alive connection must not hold up the exit
             env["EMAILQ_ENDPOINT_URL"] = f"http://{HOST}:{endpoint.server_address[1]}/"
         logs = settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -128,6 +121,33 @@ def run(settings: Settings, ingest_port: int, flower_port: int, endpoint_port: i
             endpoint.server_close()
         _leave_redis(settings, started_redis, redis_url)
         parts.release()
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM (`kill`, `timeout`, a service manager) and SIGHUP (the terminal
+    closed) all stop it as Ctrl-C does: the parts, and the embedded Redis when it started
+    it, go too."""
+    # Even when it was started with SIGINT ignored, as a script's `command &` and some CI
+    # runners start commands: Python then leaves SIGINT ignored, and `emailq dev` ran on,
+    # deaf to Ctrl-C (the tests' "did not exit within 40 s"). Its parts are in sessions of
+    # their own, so SIGINT only ever reaches it through its own group.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup emailq dev` is to outlive its terminal
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
+
+
+def _printing_endpoint(port: int) -> ThreadingHTTPServer | None:
+    """The printing endpoint, listening but not serving yet; None, said in one line, when
+    it cannot listen (the port was taken since `_busy_port` looked)."""
+    try:
+        endpoint = ThreadingHTTPServer((HOST, port), _PrintingEndpoint)
+    except OSError as error:
+        problem = f"the printing endpoint cannot listen on {HOST}:{port} ({error.strerror})"
+        click.secho(f"emailq dev: {problem}: pass --endpoint-port PORT, or set EMAILQ_ENDPOINT_URL", fg="red", err=True)
+        return None
+    endpoint.daemon_threads = True  # a worker's keep-alive connection must not hold up the exit
+    return endpoint
 
 
 def _parts(ingest_port: int, flower_port: int) -> dict[str, list[str]]:

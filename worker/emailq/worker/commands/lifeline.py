@@ -76,7 +76,7 @@ def watch(fd: int, grace: float = GRACE_SECONDS) -> None:
     """In a part: once the parent holding the other end of `fd` is gone, stop this process
     as SIGTERM does, and kill it (with its process group when it leads one) `grace`
     seconds later if it is still here."""
-    threading.Thread(target=_outlive_not, args=(fd, grace), name="emailq-lifeline", daemon=True).start()
+    threading.Thread(target=_stop_when_orphaned, args=(fd, grace), name="emailq-lifeline", daemon=True).start()
 
 
 def wait_for_parent(fd: int) -> None:
@@ -85,7 +85,7 @@ def wait_for_parent(fd: int) -> None:
         pass  # the parent never writes; anything read is ignored
 
 
-def _outlive_not(fd: int, grace: float) -> None:
+def _stop_when_orphaned(fd: int, grace: float) -> None:
     try:
         wait_for_parent(fd)
     except OSError as error:
