@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 
 from emailq.store import census
@@ -143,6 +144,18 @@ class Dev:
     ingest: int
     flower: int
     endpoint: int
+    data_dir: Path
+    stopped_in: float | None = None  # seconds from Ctrl-C or SIGTERM to its exit
+
+    def parts(self) -> list[psutil.Process]:
+        """Every process it started that runs now: its children (the worker, the ingest,
+        Flower ...), theirs, and the embedded Redis (a daemon: nobody's child)."""
+        found = psutil.Process(self.process.pid).children(recursive=True)
+        try:
+            found.append(psutil.Process(int((self.data_dir / "redis.pid").read_text())))
+        except (FileNotFoundError, psutil.NoSuchProcess):
+            pass
+        return found
 
     def shown(self) -> str:
         """What its terminal showed so far."""
@@ -163,14 +176,26 @@ class Dev:
 
     def interrupt(self, timeout: float = 40) -> int:
         """Ctrl-C, as a terminal sends it (SIGINT to the whole group); its exit status."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout)
+        return self._stop_by(lambda: os.killpg(self.process.pid, signal.SIGINT), timeout)
+
+    def terminate(self, timeout: float = 40) -> int:
+        """SIGTERM to `emailq dev` alone, as `kill` or `timeout` sends it; its exit status."""
+        return self._stop_by(self.process.terminate, timeout)
+
+    def _stop_by(self, send: Callable[[], None], timeout: float) -> int:
+        sent = time.monotonic()
+        send()
+        status = self.process.wait(timeout)
+        self.stopped_in = time.monotonic() - sent
+        return status
 
 
 @contextmanager
-def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
+def running_dev(data_dir: Path, cwd: Path, sigint: Any = signal.SIG_DFL) -> Iterator[Dev]:
     """`emailq dev` run in `cwd` on free ports, its embedded Redis under `data_dir`;
-    killed, with every process it started, if still running at the end."""
+    killed, with every process it started, if still running at the end. It starts with
+    SIGINT set to `sigint`: by default as an interactive shell starts a foreground job,
+    whatever the tests' own runner ignores (`SIG_IGN`: as a script's `command &` does)."""
     ingest, flower, endpoint = free_port(), free_port(), free_port()
     log = cwd / "dev.log"
     process = subprocess.Popen(
@@ -180,13 +205,34 @@ def running_dev(data_dir: Path, cwd: Path) -> Iterator[Dev]:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     try:
-        yield Dev(process, log, ingest, flower, endpoint)
+        yield Dev(process, log, ingest, flower, endpoint, data_dir)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def running(process: psutil.Process) -> bool:
+    """Whether `process` still runs: neither gone nor a zombie waiting to be reaped."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(processes: Sequence[psutil.Process], timeout: float, what: str) -> float:
+    """Until none of `processes` runs: the seconds that took. Fails naming those still
+    running after `timeout`."""
+    started = time.monotonic()
+    try:
+        wait_for(lambda: not any(running(p) for p in processes), timeout, what, interval=0.1)
+        return time.monotonic() - started
+    except AssertionError:
+        left = [f"{p.pid} {' '.join(p.cmdline()[:6])}" for p in processes if running(p)]
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; still running: {left}") from None
 
 
 FLOWER_AUTH = ("ops", "flower-pass-1")

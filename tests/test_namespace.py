@@ -47,6 +47,7 @@ def test_dev_runs_beside_an_apps_own_worker_and_producer(tmp_path, data_dir):
         message_id = answer.json()["id"]
         wait_for(lambda: f"[worker]   delivered {message_id}" in dev.shown(), 60, "the delivery")
         assert dev.interrupt() == 0, dev.shown()
+        print(f"Ctrl-C stopped emailq dev (beside the shadows) in {dev.stopped_in:.2f}s")
     assert "the app’s own" not in dev.shown() and "Traceback" not in dev.shown()
     logs = "".join(log.read_text() for log in (data_dir / "logs").glob("*.log"))
     assert "the app’s own" not in logs and "Traceback" not in logs

@@ -29,6 +29,8 @@ from emailq.errors import ConfigError
 
 URL_FILE = "redis.url"
 _START_TIMEOUT = 10.0
+# A stop must not hold up the command that asks for it (Ctrl-C on `emailq dev`).
+_STOP_TIMEOUT = 5.0
 
 _may_start = False
 
@@ -103,14 +105,16 @@ def ensure_running(data_dir: Path) -> str:
     return started
 
 
-def stop(data_dir: Path) -> bool:
-    """Shut the embedded Redis down (saving its data); False if it was not running."""
+def stop(data_dir: Path, url: str | None = None) -> bool:
+    """Shut the embedded Redis down (saving its data); False if it was not running or, when
+    `url` is given, if the one running is not that one (another command started it since).
+    Waits at most `_STOP_TIMEOUT` seconds; the server finishes its shutdown on its own."""
     found = running(data_dir)
-    if found is None:
+    if found is None or (url is not None and found != url):
         return False
     try:
-        redis.Redis.from_url(found).shutdown()
-    except redis.ConnectionError:
+        redis.Redis.from_url(found, socket_timeout=_STOP_TIMEOUT).shutdown()
+    except (redis.ConnectionError, redis.TimeoutError):
         pass  # shutdown closes the connection before it answers
     return True
 

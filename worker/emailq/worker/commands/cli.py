@@ -25,8 +25,15 @@ MAX_PROBLEMS_SHOWN = 1000
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="emailq")
-def cli() -> None:
+# Given by `emailq dev` to the parts it starts: the read end of a pipe whose end-of-file
+# means `emailq dev` is gone, however it died (`lifeline`).
+@click.option("--lifeline", type=int, hidden=True)
+def cli(lifeline: int | None) -> None:
     """emailq: a durable HTTP email dispatcher (Redis + Celery), configured by EMAILQ_* variables."""
+    if lifeline is not None:
+        from emailq.worker.commands import lifeline as tie
+
+        tie.watch(lifeline)
 
 
 cli.add_command(dlq)
@@ -241,10 +248,12 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     from emailq.worker.commands.flower_broker import ask_every_sentinel
     from emailq.worker.commands.flower_pages import install
     from emailq.worker.commands.flower_queues import show_dead_letters
+    from emailq.worker.commands.flower_shutdown import stop_within_seconds
 
     show_dead_letters(Keys.of(settings))
     ask_every_sentinel(settings)
     install(settings)  # the dead letters page, same origin and auth
+    stop_within_seconds()
     app.start(
         [
             "flower",
