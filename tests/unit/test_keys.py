@@ -15,7 +15,7 @@ def settings(**values: str) -> Settings:
 
 def every_key(keys: Keys) -> list[str]:
     properties = [getattr(keys, name) for name, value in vars(Keys).items() if isinstance(value, property)]
-    return [*properties, keys.inflight("w1"), keys.alive("w1"), keys.idempotency("abc")]
+    return [*properties, keys.inflight("w1"), keys.alive("w1"), keys.lease("due"), keys.idempotency("abc")]
 
 
 def test_the_prefix_is_required():
@@ -26,7 +26,7 @@ def test_the_prefix_is_required():
 def test_every_key_starts_with_the_prefix_then_the_queue():
     keys = Keys("emailq", prefix="tenant-a:")
     shown = every_key(keys)
-    assert len(shown) == 13
+    assert len(shown) == 14
     assert all(key.startswith("tenant-a:emailq") for key in shown), shown
     assert keys.interactive == "tenant-a:emailq"
     assert keys.bulk == "tenant-a:emailq:bulk"

@@ -8,7 +8,10 @@ delivered, moved to the retry schedule, moved to the DLQ, or released back to th
 kombu ties unacked messages to a channel and puts them back on the queue when the
 channel closes — on every dropped connection, while their threads are still posting them.
 Here a reconnect gives nothing back: the records live in this process, and only a lapsed
-heartbeat (`Housekeeper`) lets another worker take an owner's list back.
+heartbeat (`Heartbeat`) lets another worker take an owner's list back. When that happened
+to a live worker (it stalled longer than its heartbeat's lifetime), the emails it took
+before are no longer its own: `taken_for_dead` marks their records lost, and nothing this
+process does with them afterwards (post, ack, retry, dead-letter, give back) touches Redis.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Taken:
     message_id: str | None
     taken_at: float
     settled: bool = False
+    # Another worker took the email back after this one's heartbeat lapsed: not ours.
+    lost: bool = False
 
 
 class InFlight:
@@ -117,7 +122,7 @@ class InFlight:
             return self._by_tag.get(tag)
 
     def for_message(self, message_id: str) -> Taken | None:
-        """The unsettled record of a message this process holds, if any."""
+        """The unsettled record of a message this process holds, if any (perhaps `lost`)."""
         with self._lock:
             for tag in self._by_id.get(message_id, []):
                 taken = self._by_tag[tag]
@@ -129,7 +134,7 @@ class InFlight:
         """Delivered (or already moved by its task): forget it; the acker removes it from
         Redis with the next batch."""
         taken = self._forget(tag)
-        if taken is None or taken.settled:
+        if taken is None or taken.settled or taken.lost:
             return
         taken.settled = True
         with self._lock:
@@ -153,7 +158,8 @@ class InFlight:
             with self._lock:
                 while not self._acks:
                     self._acks_changed.wait()
-                batch, self._acks, self._acking = self._acks, [], self._acks
+                batch = [t for t in self._acks if not t.lost]
+                self._acks, self._acking = [], batch
             by_list: dict[str, list[Taken]] = {}
             for taken in batch:
                 by_list.setdefault(taken.inflight_key, []).append(taken)
@@ -180,7 +186,11 @@ class InFlight:
 
     def move(self, taken: Taken, what: str, step: Callable[[Taken], object]) -> bool:
         """Run `step` (one atomic move of `taken` out of the in-flight list); if Redis
-        refuses it, keep it for the Housekeeper to repeat. True when it ran now."""
+        refuses it, keep it for the Housekeeper to repeat. True when it ran now; False
+        too, with nothing done, when the email is no longer this worker's (`lost`)."""
+        if taken.lost:
+            log.info("%s was taken back while this worker was taken for dead: its %s is left to whoever has it", taken.message_id, what)
+            return False
         try:
             step(taken)
         except redis.RedisError as error:
@@ -195,28 +205,29 @@ class InFlight:
             return len(self._unfinished)
 
     def known_items(self) -> set[bytes]:
-        """Every item this process has a record of, settled or still to be moved."""
+        """Every item this process has a record of, settled or still to be moved (lost
+        ones aside: their items are in another worker's hands)."""
         with self._lock:
             pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
-            return {t.item for t in self._by_tag.values()} | {t.item for t in pending}
+            return {t.item for t in [*self._by_tag.values(), *pending] if not t.lost}
 
     def overdue(self, older_than: float) -> list[Taken]:
         """Unsettled records taken more than `older_than` seconds ago."""
         cutoff = time.monotonic() - older_than
         with self._lock:
-            return [t for t in self._by_tag.values() if not t.settled and t.taken_at < cutoff]
+            return [t for t in self._by_tag.values() if not t.settled and not t.lost and t.taken_at < cutoff]
 
     def give_back_all(self) -> int:
         """At shutdown: every email not yet settled goes back to its queue."""
         with self._lock:
-            left = [t for t in self._by_tag.values() if not t.settled]
+            left = [t for t in self._by_tag.values() if not t.settled and not t.lost]
         for taken in left:
             self.give_back(taken)
         return len(left)
 
     def finish_unfinished(self) -> None:
         with self._lock:
-            todo, self._unfinished = self._unfinished, []
+            todo, self._unfinished = [u for u in self._unfinished if not u[1].lost], []
         for index, (_what, taken, step) in enumerate(todo):
             try:
                 step(taken)
@@ -224,6 +235,22 @@ class InFlight:
                 with self._lock:  # still refused: keep these, in order, for the next round
                     self._unfinished[:0] = todo[index:]
                 return
+
+    def taken_for_dead(self, inflight_key: str, before: float) -> int:
+        """Another worker took back `inflight_key` (this process's list) after its heartbeat
+        lapsed: every record of an email taken onto it before `before` (a `time.monotonic()`
+        read before the heartbeat that found out was sent) is lost, so that no later ack,
+        retry or release of it touches what is now someone else's (or what this worker took
+        again since: a lost record's item may be back in the list as a new take). Returns
+        how many unsettled emails were lost (their deliveries may still be under way)."""
+        lost = 0
+        with self._lock:
+            pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
+            for taken in [*self._by_tag.values(), *pending]:
+                if taken.inflight_key == inflight_key and taken.taken_at < before and not taken.lost:
+                    taken.lost = True
+                    lost += not taken.settled
+        return lost
 
     def reclaim(self, queue: str, owner: str) -> int:
         """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
