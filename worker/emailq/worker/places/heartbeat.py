@@ -8,16 +8,19 @@ a huge shared database, or a slow Redis, delays them, never this. A worker whose
 heartbeat lapses is taken for dead and its in-flight list is reclaimed by another worker.
 
 If this worker stalled for longer than the lifetime (stopped, swapped out, its VM paused)
-and comes back, one script tells it what happened meanwhile:
+and comes back, one script, over every queue it serves, tells it what happened meanwhile:
 
-- the key was still there: renewed, nothing happened;
-- it had lapsed but the owner is still registered: nobody took its list; registered again;
-- it had lapsed and another worker reclaimed the list (the reclaim unregisters the owner):
-  this worker was taken for dead. The emails it took before are now queued again or in
-  another worker's hands, so their records are marked lost (`InFlight.taken_for_dead`)
-  and nothing it does with them later touches Redis; it registers again and carries on
-  as a new member. Takes wait for this (`taking.py`: no take without a heartbeat key), so
-  every email taken afterwards is its own.
+- every key was still there: renewed, nothing happened;
+- one had lapsed but the owner is still registered there: nobody took that list; renewed;
+- one had lapsed and another worker reclaimed the list (a reclaim unregisters the owner):
+  this worker was taken for dead. The script gives up that owner on every queue (deletes
+  its heartbeat keys, so that what is left in its other lists is reclaimed too, not kept
+  by a worker that has let go of it). The emails it took are now queued again or in
+  another worker's hands: `InFlight.taken_for_dead` marks their records lost, so nothing
+  it does with them later touches Redis, and the process registers again under a new
+  owner name, as a new member. No take runs without its owner's heartbeat key
+  (`taking.py`), so no email lands in the old lists after the reclaim, and every email
+  taken under the new name is its own.
 
 The thread also keeps the worker's view of its connection: how long it has been talking
 to Redis without a break (sweeps that declare others dead wait for a whole lifetime of it
@@ -34,7 +37,6 @@ import time
 import redis
 
 from emailq.store.redis_client import redis_client
-from emailq.worker.places.in_flight import OWNER
 from emailq.worker.runtime import Runtime
 
 log = logging.getLogger("emailq.worker")
@@ -44,18 +46,27 @@ BEAT_SECONDS = 0.5
 # A beat that cannot reach Redis gives up this soon, and the next one tries again.
 BEAT_TIMEOUT_SECONDS = 2.0
 
-# KEYS: this owner's heartbeat, the owners set. ARGV: owner, lifetime ms.
-# Returns 1: renewed; 2: it had lapsed, nobody took the list (registered again);
-# 0: not registered (taken for dead and reclaimed, or never registered): registered now.
+# KEYS: for each queue, this owner's heartbeat then that queue's owners set.
+# ARGV: owner, lifetime ms.
+# Returns 1: renewed; 2: one had lapsed, nobody took that list (renewed);
+# 0: the owner is not registered on some queue (another worker reclaimed its list):
+# every heartbeat key of it deleted, nothing renewed.
 _BEAT = """
-if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 1 then return 1 end
-local kept = redis.call('SISMEMBER', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-if kept == 1 then return 2 end
-return 0
+local lapsed = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('PEXPIRE', KEYS[i], ARGV[2]) == 0 then
+    if redis.call('SISMEMBER', KEYS[i + 1], ARGV[1]) == 0 then
+      for j = 1, #KEYS, 2 do redis.call('DEL', KEYS[j]) end
+      return 0
+    end
+    lapsed[#lapsed + 1] = KEYS[i]
+  end
+end
+for _, key in ipairs(lapsed) do redis.call('SET', key, 1, 'PX', ARGV[2]) end
+if #lapsed > 0 then return 2 end
+return 1
 """
-RENEWED, LAPSED, UNREGISTERED = 1, 2, 0
+RENEWED, LAPSED, GONE = 1, 2, 0
 
 
 class Heartbeat:
@@ -111,25 +122,34 @@ class Heartbeat:
 
     def beat(self) -> None:
         in_flight = self.runtime.in_flight
-        for queue in tuple(in_flight.queues) or (self.runtime.settings.queue,):
-            keys = in_flight.keys(queue)
-            sent = time.monotonic()
-            state = int(self._beat(keys=[keys.alive(OWNER), keys.owners], args=[OWNER, self._ttl_ms]))
-            if state == UNREGISTERED and queue in in_flight.queues:
-                self._came_back_from_the_dead(queue, in_flight.taken_for_dead(keys.inflight(OWNER), sent))
+        queues = sorted(in_flight.queues)
+        if not queues:
+            # Before the consumer's channel registered (it does the same): register now.
+            in_flight.register(self.runtime.settings.queue, self._ttl_ms)
+        else:
+            owner = in_flight.owner
+            keys = [key for queue in queues for key in (in_flight.keys(queue).alive(owner), in_flight.keys(queue).owners)]
+            state = int(self._beat(keys=keys, args=[owner, self._ttl_ms]))
+            if state == GONE:
+                self._come_back(owner, queues)
             elif state == LAPSED:
-                log.warning("this worker's heartbeat on %s had lapsed (a stall?); nobody took its emails: renewed", queue)
-            in_flight.queues.add(queue)
+                log.warning("this worker's heartbeat had lapsed (a stall?); nobody took its emails meanwhile: renewed")
         self._follow_primary()
 
-    def _came_back_from_the_dead(self, queue: str, lost: int) -> None:
+    def _come_back(self, owner: str, queues: list[str]) -> None:
+        """Taken for dead: let go of what the old owner took, register under a new name."""
+        in_flight = self.runtime.in_flight
+        lost = in_flight.taken_for_dead()
+        for queue in queues:
+            in_flight.register(queue, self._ttl_ms)
         self.taken_for_dead += 1
         log.warning(
-            "this worker was taken for dead on %s (its heartbeat lapsed: a stall?) and another worker took back "
-            "the emails it held; %d still being delivered here are theirs now (a duplicate at most, never acked or "
-            "moved from here); carrying on as a new member",
-            queue,
+            "this worker was taken for dead (its heartbeat lapsed: a stall?) and other workers took back the emails "
+            "it held as %s; %d of them still under way here are theirs now (at most a duplicate; never acked or moved "
+            "from here); carrying on as %s",
+            owner,
             lost,
+            in_flight.owner,
         )
 
     def _follow_primary(self) -> None:

@@ -50,7 +50,7 @@ import redis
 
 from emailq.store.keys import Keys
 from emailq.worker.places.heartbeat import Heartbeat
-from emailq.worker.places.in_flight import OWNER, Taken
+from emailq.worker.places.in_flight import Taken
 from emailq.worker.places.legacy import Legacy
 from emailq.worker.runtime import Runtime
 
@@ -144,7 +144,7 @@ class Housekeeper:
     def _leased(self, keys: Keys, sweep: str, seconds: float) -> bool:
         """Whether this worker does `sweep` of `keys` now: its lease was free, and is now
         this worker's for `seconds`."""
-        return bool(self.runtime.redis.set(keys.lease(sweep), OWNER, nx=True, px=max(1, int(seconds * 1000))))
+        return bool(self.runtime.redis.set(keys.lease(sweep), self.runtime.in_flight.owner, nx=True, px=max(1, int(seconds * 1000))))
 
     def _sweep(self, keys: Keys, sweep: str, seconds: float, work: Callable[[], object]) -> None:
         if not self._leased(keys, sweep, seconds):
@@ -198,7 +198,8 @@ class Housekeeper:
     def reclaim_dead(self, queue: str) -> None:
         client = self.runtime.redis
         keys = self.runtime.in_flight.keys(queue)
-        others = [raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners)) if raw.decode() != OWNER]
+        me = self.runtime.in_flight.owner
+        others = [raw.decode() for raw in cast(set[bytes], client.smembers(keys.owners)) if raw.decode() != me]
         with client.pipeline(transaction=False) as pipe:
             for owner in others:
                 pipe.exists(keys.alive(owner))
@@ -224,7 +225,7 @@ class Housekeeper:
         unknown: set[bytes] = set()
         for queue in tuple(in_flight.queues):
             keys = in_flight.keys(queue)
-            key = keys.inflight(OWNER)
+            key = keys.inflight(in_flight.owner)
             known = in_flight.known_items()
             for item in cast(list[bytes], client.lrange(key, 0, -1)):
                 if item in known:
@@ -244,15 +245,16 @@ class Housekeeper:
         runtime.in_flight.give_back_all()
         runtime.in_flight.finish_unfinished()
         try:
+            owner = runtime.in_flight.owner
             for queue in runtime.in_flight.queues or {self.settings.queue}:
                 keys = runtime.in_flight.keys(queue)
-                if runtime.redis.llen(keys.inflight(OWNER)) == 0:
+                if runtime.redis.llen(keys.inflight(owner)) == 0:
                     with runtime.redis.pipeline(transaction=True) as pipe:
-                        pipe.srem(keys.owners, OWNER)
-                        pipe.delete(keys.alive(OWNER))
+                        pipe.srem(keys.owners, owner)
+                        pipe.delete(keys.alive(owner))
                         pipe.execute()
                 else:
                     # What Redis could not take back waits for the heartbeat to lapse.
-                    log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(OWNER))
+                    log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(owner))
         except redis.RedisError as error:
             log.warning("could not unregister from Redis (%s): other workers will after %ss", error, self.settings.heartbeat_seconds)

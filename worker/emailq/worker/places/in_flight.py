@@ -1,6 +1,6 @@
 """The emails this worker process holds, owned by the process rather than by a connection.
 
-A worker process is one *owner* (`OWNER`). It takes an email with BLMOVE from the queue
+A worker process is one *owner* (`InFlight.owner`). It takes an email with BLMOVE from the queue
 onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.store.keys`), so an email that
 was taken is never only in a socket. It leaves that list in one atomic step: acked when
 delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
@@ -8,10 +8,12 @@ delivered, moved to the retry schedule, moved to the DLQ, or released back to th
 kombu ties unacked messages to a channel and puts them back on the queue when the
 channel closes — on every dropped connection, while their threads are still posting them.
 Here a reconnect gives nothing back: the records live in this process, and only a lapsed
-heartbeat (`Heartbeat`) lets another worker take an owner's list back. When that happened
-to a live worker (it stalled longer than its heartbeat's lifetime), the emails it took
-before are no longer its own: `taken_for_dead` marks their records lost, and nothing this
-process does with them afterwards (post, ack, retry, dead-letter, give back) touches Redis.
+heartbeat (`heartbeat.py`) lets another worker take an owner's list back. When that
+happened to a live worker (it stalled longer than its heartbeat's lifetime), that owner is
+dead for good: `taken_for_dead` marks every record of its lists lost (also those of takes
+whose reply is read only now), nothing this process does with them afterwards (post, ack,
+retry, dead-letter, give back) touches Redis, and the process carries on under a new owner
+name, with new lists, so that nothing it takes from then on can be confused with them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from emailq.store.keys import Keys
 
 log = logging.getLogger("emailq.worker")
 
-OWNER = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+def new_owner() -> str:
+    """A name no other process, and no earlier life of this one, has had."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
 
 # An owner whose heartbeat lapsed: its whole list goes back to the head of its queue.
 _RECLAIM = """
@@ -93,6 +99,8 @@ class InFlight:
         self._acking: list[Taken] = []
         self._acker: threading.Thread | None = None
         self.queues: set[str] = set()
+        self.owner = new_owner()
+        self._dead_lists: set[str] = set()  # in-flight lists of this process's earlier lives
         self._reclaim = client.register_script(_RECLAIM)
         self._release = client.register_script(_RELEASE)
         self._ack = client.register_script(_ACK)
@@ -106,13 +114,15 @@ class InFlight:
         list is reclaimed if the heartbeat ever lapses."""
         keys = self.keys(queue)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.alive(OWNER), 1, px=heartbeat_ms)
-            pipe.sadd(keys.owners, OWNER)
+            pipe.set(keys.alive(self.owner), 1, px=heartbeat_ms)
+            pipe.sadd(keys.owners, self.owner)
             pipe.execute()
         self.queues.add(queue)
 
     def take(self, tag: str, taken: Taken) -> None:
         with self._lock:
+            # A take that Redis ran before this worker was taken for dead, read only now.
+            taken.lost = taken.lost or taken.inflight_key in self._dead_lists
             self._by_tag[tag] = taken
             if taken.message_id:
                 self._by_id.setdefault(taken.message_id, []).append(tag)
@@ -122,13 +132,11 @@ class InFlight:
             return self._by_tag.get(tag)
 
     def for_message(self, message_id: str) -> Taken | None:
-        """The unsettled record of a message this process holds, if any (perhaps `lost`)."""
+        """The unsettled record of a message this process holds, if any: one still its
+        own if there is one (it took the email again after losing it), else a `lost` one."""
         with self._lock:
-            for tag in self._by_id.get(message_id, []):
-                taken = self._by_tag[tag]
-                if not taken.settled:
-                    return taken
-        return None
+            unsettled = [self._by_tag[tag] for tag in self._by_id.get(message_id, []) if not self._by_tag[tag].settled]
+        return next((t for t in unsettled if not t.lost), unsettled[0] if unsettled else None)
 
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it; the acker removes it from
@@ -236,20 +244,21 @@ class InFlight:
                     self._unfinished[:0] = todo[index:]
                 return
 
-    def taken_for_dead(self, inflight_key: str, before: float) -> int:
-        """Another worker took back `inflight_key` (this process's list) after its heartbeat
-        lapsed: every record of an email taken onto it before `before` (a `time.monotonic()`
-        read before the heartbeat that found out was sent) is lost, so that no later ack,
-        retry or release of it touches what is now someone else's (or what this worker took
-        again since: a lost record's item may be back in the list as a new take). Returns
-        how many unsettled emails were lost (their deliveries may still be under way)."""
+    def taken_for_dead(self) -> int:
+        """Another worker took this owner's list back after its heartbeat lapsed (its
+        heartbeat gave up every queue's list of it, `heartbeat.py`): every record of an
+        email taken onto its lists is lost, now or whenever it is recorded, and this
+        process takes a new owner name (register it next). Returns how many unsettled
+        emails were lost (their deliveries may still be under way)."""
         lost = 0
         with self._lock:
+            self._dead_lists |= {self.keys(queue).inflight(self.owner) for queue in self.queues}
             pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
             for taken in [*self._by_tag.values(), *pending]:
-                if taken.inflight_key == inflight_key and taken.taken_at < before and not taken.lost:
+                if taken.inflight_key in self._dead_lists and not taken.lost:
                     taken.lost = True
                     lost += not taken.settled
+            self.owner = new_owner()
         return lost
 
     def reclaim(self, queue: str, owner: str) -> int:

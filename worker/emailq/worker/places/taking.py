@@ -18,8 +18,8 @@ the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
 
 A worker takes nothing while its heartbeat key is gone (it stalled, and another worker may
 have taken its list back): it waits `NO_HEARTBEAT_WAIT_MS` at a time until its heartbeat
-thread has found out and renewed it (`heartbeat.py`), so that every email it took before
-that moment is one it knows to be lost, and every one after is its own.
+thread has found out and renewed the key, or registered the worker under a new owner name
+(`heartbeat.py`). So nothing lands in a list after another worker reclaimed it.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class Taker:
     """The take script's arguments for one queue, and the bookkeeping around it."""
 
     def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
+        self.owner = owner
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
