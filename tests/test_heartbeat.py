@@ -229,3 +229,25 @@ def test_a_worker_taken_for_dead_lets_go_of_what_it_took_and_carries_on(producer
     assert_one_home(redis_client)
     runtime.redis.close()
     heartbeat.redis.close()
+
+
+def test_due_retries_rejoin_the_queue_within_a_quarter_second(producer, endpoint, start_worker, redis_client, defaults_env):
+    # One worker per quarter second moves due retries (the `due` lease), whichever it is.
+    first_attempt: set[str] = set()
+
+    def behave(headers: dict[str, str], body: bytes) -> Reply:
+        if headers["idempotency-key"] in first_attempt:
+            return Reply(200)
+        first_attempt.add(headers["idempotency-key"])
+        return Reply(503, headers={"Retry-After": "2"})  # exactly 2 s in the schedule
+
+    endpoint.behave = behave
+    start_worker(env=defaults_env), start_worker(env=defaults_env)
+    ids = []
+    for _ in range(20):
+        ids.append(producer.send(SIGN_IN))
+        time.sleep(0.13)  # due times spread over the lease's period
+    wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 30, "every retry delivered", interval=0.2)
+    late = sorted(posts[1].at - posts[0].at - 2.0 for posts in map(endpoint.requests_for, ids))
+    print(f"\na retry's second POST came after its due time by: median {late[len(late) // 2] * 1000:.0f} ms, most {late[-1] * 1000:.0f} ms")
+    assert late[0] >= 0 and late[-1] < 0.6, late
