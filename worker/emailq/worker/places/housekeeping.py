@@ -84,10 +84,10 @@ class _Loop:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(5)
+            self._thread.join(wait)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -130,8 +130,10 @@ class Housekeeper:
         self._seldom.start()
 
     def stop(self) -> None:
-        self._seldom.stop()
-        self._often.stop()
+        # A scan of a large database may go on for a while: it is not waited for (its
+        # moves are atomic, and the process is leaving), so a stop stays quick.
+        self._seldom.stop(wait=0.5)
+        self._often.stop(wait=5)
         self.heartbeat.stop()
 
     def _queues(self) -> set[str]:
