@@ -87,6 +87,7 @@ class Heartbeat:
         self._primary: tuple[str, int] | None = None
         self.reconnects = 0  # how many times it reached Redis again after an outage or a switch
         self.taken_for_dead = 0  # how many times other workers took this one for dead
+        self._unregistered: str | None = None  # a new owner name not yet registered
 
     def start(self) -> None:
         self._thread.start()
@@ -106,6 +107,11 @@ class Heartbeat:
         while True:
             try:
                 self.beat()
+            except redis.exceptions.OutOfMemoryError as error:
+                # Redis answers, but refused to register a lapsed heartbeat again.
+                if not self._failing:
+                    log.warning("Redis is full (%s): the heartbeat is renewed, not registered again, until it has room", error)
+                self._failing = True
             except redis.RedisError as error:
                 self._connected_since = None
                 if not self._failing:
@@ -125,12 +131,14 @@ class Heartbeat:
         queues = sorted(in_flight.queues)
         if not queues:
             # Before the consumer's channel registered (it does the same): register now.
-            in_flight.register(self.runtime.settings.queue, self._ttl_ms)
+            in_flight.register(self.runtime.settings.queue, self._ttl_ms, client=self.redis)
         else:
             owner = in_flight.owner
             keys = [key for queue in queues for key in (in_flight.keys(queue).alive(owner), in_flight.keys(queue).owners)]
             state = int(self._beat(keys=keys, args=[owner, self._ttl_ms]))
-            if state == GONE:
+            if state == GONE and owner == self._unregistered:
+                self._register(queues)  # the new name, after Redis refused it last time
+            elif state == GONE:
                 self._come_back(owner, queues)
             elif state == LAPSED:
                 log.warning("this worker's heartbeat had lapsed (a stall?); nobody took its emails meanwhile: renewed")
@@ -140,8 +148,7 @@ class Heartbeat:
         """Taken for dead: let go of what the old owner took, register under a new name."""
         in_flight = self.runtime.in_flight
         lost = in_flight.taken_for_dead()
-        for queue in queues:
-            in_flight.register(queue, self._ttl_ms)
+        self._unregistered = in_flight.owner
         self.taken_for_dead += 1
         log.warning(
             "this worker was taken for dead (its heartbeat lapsed: a stall?) and other workers took back the emails "
@@ -151,6 +158,12 @@ class Heartbeat:
             lost,
             in_flight.owner,
         )
+        self._register(queues)
+
+    def _register(self, queues: list[str]) -> None:
+        for queue in queues:
+            self.runtime.in_flight.register(queue, self._ttl_ms, client=self.redis)
+        self._unregistered = None
 
     def _follow_primary(self) -> None:
         # On Sentinel: the primary this client's connection went to (no round trip).

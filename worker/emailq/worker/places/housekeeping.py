@@ -73,10 +73,12 @@ SLOW_SWEEP_SECONDS = 5.0
 
 class _Loop:
     """A daemon thread that calls `work` every `every` seconds until stopped; Redis being
-    full or away is said once per episode, and it carries on."""
+    full or away is said once per episode (at debug level when `quiet`: another loop
+    says it already), and it carries on."""
 
-    def __init__(self, name: str, every: float, work: Callable[[], None]):
+    def __init__(self, name: str, every: float, work: Callable[[], None], quiet: bool = False):
         self.name, self.every, self.work = name, every, work
+        self._say = log.debug if quiet else log.warning
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._failing = False
@@ -95,17 +97,17 @@ class _Loop:
                 self.work()
             except redis.exceptions.OutOfMemoryError as error:
                 if not self._failing:
-                    log.warning("Redis is full (%s): due retries and reclaims wait until it has room", error)
+                    self._say("Redis is full (%s): due retries and reclaims wait until it has room", error)
                 self._failing = True
             except redis.RedisError as error:
                 if not self._failing:
-                    log.warning("Redis unavailable to %s (%s); still trying", self.name, error)
+                    self._say("Redis unavailable to %s (%s); still trying", self.name, error)
                 self._failing = True
             except Exception:
                 log.exception("%s failed; continuing", self.name)
             else:
                 if self._failing:
-                    log.warning("Redis available again to %s, with room", self.name)
+                    self._say("Redis available again to %s, with room", self.name)
                 self._failing = False
             self._stop.wait(self.every)
 
@@ -116,7 +118,7 @@ class Housekeeper:
         self.settings = runtime.settings
         self.heartbeat = heartbeat or Heartbeat(runtime)
         self._often = _Loop("emailq-housekeeper", TICK_SECONDS, self.tick)
-        self._seldom = _Loop("emailq-scans", SCAN_TICK_SECONDS, self.scan)
+        self._seldom = _Loop("emailq-scans", SCAN_TICK_SECONDS, self.scan, quiet=True)
         self._reconnects = 0
         self._rescans: list[float] = []  # when to scan the own list, after a reconnect
         self._next_own_scan = 0.0

@@ -109,11 +109,12 @@ class InFlight:
         """The keys of `queue` (a name, as kombu knows it) under this process's prefix."""
         return Keys(queue, prefix=self.prefix)
 
-    def register(self, queue: str, heartbeat_ms: int) -> None:
+    def register(self, queue: str, heartbeat_ms: int, client: redis.Redis | None = None) -> None:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
-        list is reclaimed if the heartbeat ever lapses."""
+        list is reclaimed if the heartbeat ever lapses (through `client`, the heartbeat's
+        own, if given)."""
         keys = self.keys(queue)
-        with self.redis.pipeline(transaction=True) as pipe:
+        with (client or self.redis).pipeline(transaction=True) as pipe:
             pipe.set(keys.alive(self.owner), 1, px=heartbeat_ms)
             pipe.sadd(keys.owners, self.owner)
             pipe.execute()
