@@ -251,3 +251,26 @@ def test_due_retries_rejoin_the_queue_within_a_quarter_second(producer, endpoint
     late = sorted(posts[1].at - posts[0].at - 2.0 for posts in map(endpoint.requests_for, ids))
     print(f"\na retry's second POST came after its due time by: median {late[len(late) // 2] * 1000:.0f} ms, most {late[-1] * 1000:.0f} ms")
     assert late[0] >= 0 and late[-1] < 0.6, late
+
+
+def test_however_many_workers_run_one_scans_the_database_per_interval(start_worker, redis_client, defaults_env):
+    # Each worker used to SCAN the keyspace twice every 30 s (orphaned lists, the old
+    # layout); on a large shared database that is load times the number of workers. Under
+    # the `orphans` and `legacy` leases, one worker does each every 30 s, whichever it is.
+    workers = [start_worker(env=defaults_env) for _ in range(3)]
+    owners = {owner_of(w, redis_client) for w in workers}
+    # Every worker may sweep once its heartbeat has reached Redis for a lifetime (15 s).
+    wait_for(lambda: redis_client.exists(KEYS.lease("orphans"), KEYS.lease("legacy")) == 2, 40, "the first scans", interval=0.2)
+    time.sleep(LIFETIME_MS / 1000)
+    redis_client.config_resetstat()
+    sweepers = set()
+    deadline = time.monotonic() + 61
+    while time.monotonic() < deadline:
+        sweepers |= {redis_client.get(KEYS.lease(sweep)) for sweep in ("orphans", "legacy")}
+        time.sleep(0.5)
+    scans = int(redis_client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+    print(f"\n{len(workers)} workers, 61 s: {scans} SCAN calls, by {len(sweepers - {None})} different worker(s)")
+    # Two sweeps, each one SCAN page on this small database, at 30 s intervals: at most 3
+    # of each in 61 s, where three workers on their own would have made 12 or more.
+    assert 2 <= scans <= 6, scans
+    assert {s.decode() for s in sweepers - {None}} <= owners
