@@ -34,7 +34,7 @@ LIFETIME_MS = 15_000  # EMAILQ_HEARTBEAT_SECONDS's default
 
 # Another app's keys on the same database, and a link that adds 7 ms each way: together,
 # one SCAN of the keyspace (1,500 pages of 1,000, each a 14 ms round trip) takes over 21 s,
-# longer than a heartbeat lifetime. Each key is small: about 140 MB in all.
+# longer than a heartbeat lifetime. Each key is small: about 150 MB in all.
 SHARED_KEYS = 1_500_000
 LINK_DELAY = 0.007
 
