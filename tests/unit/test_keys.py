@@ -19,6 +19,7 @@ def every_key(keys: Keys) -> list[str]:
         *properties,
         keys.inflight("w1"),
         keys.alive("w1"),
+        keys.lease("due"),
         keys.idempotency("abc"),
         keys.dlq_by_reason("rejected"),
         keys.dlq_by_type("SignIn"),
@@ -34,7 +35,7 @@ def test_the_prefix_is_required():
 def test_every_key_starts_with_the_prefix_then_the_queue():
     keys = Keys("emailq", prefix="tenant-a:")
     shown = every_key(keys)
-    assert len(shown) == 22
+    assert len(shown) == 23
     assert all(key.startswith("tenant-a:emailq") for key in shown), shown
     assert keys.interactive == "tenant-a:emailq"
     assert keys.bulk == "tenant-a:emailq:bulk"

@@ -17,6 +17,9 @@ remote control's pub/sub channels carry it too.
     <p><q>:inflight:<owner>     list    taken by worker process <owner> and not yet settled
     <p><q>:alive:<owner>        string  <owner>'s heartbeat; expires unless refreshed
     <p><q>:owners               set     owners that may hold an in-flight list
+    <p><q>:lease:<sweep>        string  the owner doing <sweep> this interval (SET NX PX,
+                                        expiring on Redis's clock): due, reclaim, orphans,
+                                        legacy, dlq-trim; one worker per interval does each
     <p><q>:schedule             zset    task messages waiting to be retried, scored by due
                                         time (ms, Redis's clock); due ones rejoin their lane
     <p><q>:dlq                  hash    message id -> dead-letter entry (JSON)
@@ -150,6 +153,9 @@ class Keys:
 
     def alive(self, owner: str) -> str:
         return f"{self.interactive}:alive:{owner}"
+
+    def lease(self, sweep: str) -> str:
+        return f"{self.interactive}:lease:{sweep}"
 
     def idempotency(self, key_hash: str) -> str:
         return f"{self.interactive}:idem:{key_hash}"

@@ -56,6 +56,11 @@ _housekeeper: Housekeeper | None = None
 def deliver(task: Any, envelope: Any) -> None:
     rt = runtime.get()
     taken = rt.in_flight.for_message(task.request.id)
+    if taken is not None and taken.lost:
+        # Taken back while this worker was taken for dead (`heartbeat.py`): another
+        # worker has it now, and posting it from here too would only send it twice.
+        log.info("%s is no longer this worker's (taken back while it was taken for dead): not sent from here", task.request.id)
+        return
     try:
         parsed = Envelope.model_validate(envelope, context={"from_queue": True})
     except ValidationError as error:

@@ -27,6 +27,7 @@ checked by `tests/test_kombu_contract.py`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -43,10 +44,12 @@ from emailq.store.redis_client import primary_pool
 from emailq.settings import get_settings
 from emailq.worker import runtime
 from emailq.worker.places.dead_letters import RAW_LIMIT, DeadLetter
-from emailq.worker.places.in_flight import OWNER, Taken
+from emailq.worker.places.in_flight import Taken
 from emailq.worker.places.taking import EMPTY, TAKE, TAKE_BATCH, WAIT, Taker
 
 log = logging.getLogger("emailq.worker")
+
+_TAKES = itertools.count(1)
 
 
 class RoomWatch:
@@ -130,9 +133,11 @@ class Channel(kombu_redis.Channel):
         rt = runtime.get()
         if queue not in rt.in_flight.queues:
             rt.in_flight.register(queue, int(rt.settings.heartbeat_seconds * 1000))
-        if queue not in self._takers:
-            self._takers[queue] = Taker(rt.in_flight.keys(queue), OWNER, rt.settings.rate_limit, rt.settings.bulk_every)
-        return self._takers[queue]
+        taker = self._takers.get(queue)
+        # A new owner name after this worker was taken for dead (`heartbeat.py`): new lists.
+        if taker is None or taker.owner != rt.in_flight.owner:
+            taker = self._takers[queue] = Taker(rt.in_flight.keys(queue), rt.in_flight.owner, rt.settings.rate_limit, rt.settings.bulk_every)
+        return taker
 
     def _brpop_start(self, timeout: Any = None) -> None:
         if timeout is None:
@@ -224,6 +229,10 @@ class Channel(kombu_redis.Channel):
         if problem:
             _dead_letter(inflight_key, item, problem)
             return
+        # A delivery tag per take, not kombu's per publish: an email this worker takes
+        # twice (again after giving it back, or after it was taken for dead) has two
+        # records, and Celery's ack of one never settles the other (`in_flight.py`).
+        message["properties"]["delivery_tag"] += f"/{next(_TAKES)}"
         self._popped = (lane, inflight_key, item)
         try:
             self.connection._deliver(message, queue)

@@ -1,6 +1,6 @@
 """The emails this worker process holds, owned by the process rather than by a connection.
 
-A worker process is one *owner* (`OWNER`). It takes an email with BLMOVE from the queue
+A worker process is one *owner* (`InFlight.owner`). It takes an email with BLMOVE from the queue
 onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.store.keys`), so an email that
 was taken is never only in a socket. It leaves that list in one atomic step: acked when
 delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
@@ -8,7 +8,12 @@ delivered, moved to the retry schedule, moved to the DLQ, or released back to th
 kombu ties unacked messages to a channel and puts them back on the queue when the
 channel closes — on every dropped connection, while their threads are still posting them.
 Here a reconnect gives nothing back: the records live in this process, and only a lapsed
-heartbeat (`Housekeeper`) lets another worker take an owner's list back.
+heartbeat (`heartbeat.py`) lets another worker take an owner's list back. When that
+happened to a live worker (it stalled longer than its heartbeat's lifetime), that owner is
+dead for good: `taken_for_dead` marks every record of its lists lost (also those of takes
+whose reply is read only now), nothing this process does with them afterwards (post, ack,
+retry, dead-letter, give back) touches Redis, and the process carries on under a new owner
+name, with new lists, so that nothing it takes from then on can be confused with them.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from emailq.store.keys import Keys
 
 log = logging.getLogger("emailq.worker")
 
-OWNER = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+def new_owner() -> str:
+    """A name no other process, and no earlier life of this one, has had."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
 
 # An owner whose heartbeat lapsed: its whole list goes back to the head of its queue.
 _RECLAIM = """
@@ -65,6 +74,8 @@ class Taken:
     message_id: str | None
     taken_at: float
     settled: bool = False
+    # Another worker took the email back after this one's heartbeat lapsed: not ours.
+    lost: bool = False
 
 
 class InFlight:
@@ -88,6 +99,8 @@ class InFlight:
         self._acking: list[Taken] = []
         self._acker: threading.Thread | None = None
         self.queues: set[str] = set()
+        self.owner = new_owner()
+        self._dead_lists: set[str] = set()  # in-flight lists of this process's earlier lives
         self._reclaim = client.register_script(_RECLAIM)
         self._release = client.register_script(_RELEASE)
         self._ack = client.register_script(_ACK)
@@ -96,18 +109,21 @@ class InFlight:
         """The keys of `queue` (a name, as kombu knows it) under this process's prefix."""
         return Keys(queue, prefix=self.prefix)
 
-    def register(self, queue: str, heartbeat_ms: int) -> None:
+    def register(self, queue: str, heartbeat_ms: int, client: redis.Redis | None = None) -> None:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
-        list is reclaimed if the heartbeat ever lapses."""
+        list is reclaimed if the heartbeat ever lapses (through `client`, the heartbeat's
+        own, if given)."""
         keys = self.keys(queue)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.alive(OWNER), 1, px=heartbeat_ms)
-            pipe.sadd(keys.owners, OWNER)
+        with (client or self.redis).pipeline(transaction=True) as pipe:
+            pipe.set(keys.alive(self.owner), 1, px=heartbeat_ms)
+            pipe.sadd(keys.owners, self.owner)
             pipe.execute()
         self.queues.add(queue)
 
     def take(self, tag: str, taken: Taken) -> None:
         with self._lock:
+            # A take that Redis ran before this worker was taken for dead, read only now.
+            taken.lost = taken.lost or taken.inflight_key in self._dead_lists
             self._by_tag[tag] = taken
             if taken.message_id:
                 self._by_id.setdefault(taken.message_id, []).append(tag)
@@ -117,19 +133,17 @@ class InFlight:
             return self._by_tag.get(tag)
 
     def for_message(self, message_id: str) -> Taken | None:
-        """The unsettled record of a message this process holds, if any."""
+        """The unsettled record of a message this process holds, if any: one still its
+        own if there is one (it took the email again after losing it), else a `lost` one."""
         with self._lock:
-            for tag in self._by_id.get(message_id, []):
-                taken = self._by_tag[tag]
-                if not taken.settled:
-                    return taken
-        return None
+            unsettled = [self._by_tag[tag] for tag in self._by_id.get(message_id, []) if not self._by_tag[tag].settled]
+        return next((t for t in unsettled if not t.lost), unsettled[0] if unsettled else None)
 
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it; the acker removes it from
         Redis with the next batch."""
         taken = self._forget(tag)
-        if taken is None or taken.settled:
+        if taken is None or taken.settled or taken.lost:
             return
         taken.settled = True
         with self._lock:
@@ -153,7 +167,8 @@ class InFlight:
             with self._lock:
                 while not self._acks:
                     self._acks_changed.wait()
-                batch, self._acks, self._acking = self._acks, [], self._acks
+                batch = [t for t in self._acks if not t.lost]
+                self._acks, self._acking = [], batch
             by_list: dict[str, list[Taken]] = {}
             for taken in batch:
                 by_list.setdefault(taken.inflight_key, []).append(taken)
@@ -180,7 +195,11 @@ class InFlight:
 
     def move(self, taken: Taken, what: str, step: Callable[[Taken], object]) -> bool:
         """Run `step` (one atomic move of `taken` out of the in-flight list); if Redis
-        refuses it, keep it for the Housekeeper to repeat. True when it ran now."""
+        refuses it, keep it for the Housekeeper to repeat. True when it ran now; False
+        too, with nothing done, when the email is no longer this worker's (`lost`)."""
+        if taken.lost:
+            log.info("%s was taken back while this worker was taken for dead: its %s is left to whoever has it", taken.message_id, what)
+            return False
         try:
             step(taken)
         except redis.RedisError as error:
@@ -195,28 +214,29 @@ class InFlight:
             return len(self._unfinished)
 
     def known_items(self) -> set[bytes]:
-        """Every item this process has a record of, settled or still to be moved."""
+        """Every item this process has a record of, settled or still to be moved (lost
+        ones aside: their items are in another worker's hands)."""
         with self._lock:
             pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
-            return {t.item for t in self._by_tag.values()} | {t.item for t in pending}
+            return {t.item for t in [*self._by_tag.values(), *pending] if not t.lost}
 
     def overdue(self, older_than: float) -> list[Taken]:
         """Unsettled records taken more than `older_than` seconds ago."""
         cutoff = time.monotonic() - older_than
         with self._lock:
-            return [t for t in self._by_tag.values() if not t.settled and t.taken_at < cutoff]
+            return [t for t in self._by_tag.values() if not t.settled and not t.lost and t.taken_at < cutoff]
 
     def give_back_all(self) -> int:
         """At shutdown: every email not yet settled goes back to its queue."""
         with self._lock:
-            left = [t for t in self._by_tag.values() if not t.settled]
+            left = [t for t in self._by_tag.values() if not t.settled and not t.lost]
         for taken in left:
             self.give_back(taken)
         return len(left)
 
     def finish_unfinished(self) -> None:
         with self._lock:
-            todo, self._unfinished = self._unfinished, []
+            todo, self._unfinished = [u for u in self._unfinished if not u[1].lost], []
         for index, (_what, taken, step) in enumerate(todo):
             try:
                 step(taken)
@@ -224,6 +244,23 @@ class InFlight:
                 with self._lock:  # still refused: keep these, in order, for the next round
                     self._unfinished[:0] = todo[index:]
                 return
+
+    def taken_for_dead(self) -> int:
+        """Another worker took this owner's list back after its heartbeat lapsed (its
+        heartbeat gave up every queue's list of it, `heartbeat.py`): every record of an
+        email taken onto its lists is lost, now or whenever it is recorded, and this
+        process takes a new owner name (register it next). Returns how many unsettled
+        emails were lost (their deliveries may still be under way)."""
+        lost = 0
+        with self._lock:
+            self._dead_lists |= {self.keys(queue).inflight(self.owner) for queue in self.queues}
+            pending = [*self._acks, *self._acking, *(t for _, t, _ in self._unfinished)]
+            for taken in [*self._by_tag.values(), *pending]:
+                if taken.inflight_key in self._dead_lists and not taken.lost:
+                    taken.lost = True
+                    lost += not taken.settled
+            self.owner = new_owner()
+        return lost
 
     def reclaim(self, queue: str, owner: str) -> int:
         """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""

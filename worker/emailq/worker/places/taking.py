@@ -15,6 +15,11 @@ no thread and spends no attempt: the consumer's connection sleeps in Redis (a bl
 pop on `<q>:rate:sleep`, which nothing writes) until the slot. A 429 from
 the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
 `SLOWDOWN_SECONDS`).
+
+A worker takes nothing while its heartbeat key is gone (it stalled, and another worker may
+have taken its list back): it waits `NO_HEARTBEAT_WAIT_MS` at a time until its heartbeat
+thread has found out and renewed the key, or registered the worker under a new owner name
+(`heartbeat.py`). So nothing lands in a list after another worker reclaimed it.
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ TAKEN, WAIT, EMPTY = 1, 0, 2
 # take is one round trip and one turn of Celery's event loop; taking a few at once when
 # the queue is deep is most of what a worker saves per email at high rates.
 TAKE_BATCH = 16
+NO_HEARTBEAT_WAIT_MS = 100
 
 # KEYS (whole names, prefix included: the channel sends this script raw, past kombu's
 # prefixing client): interactive lane, bulk lane, in-flight list, rate key, slowdown key,
-# wake list.
+# wake list, this owner's heartbeat.
 # ARGV: emission interval in ms (0: no limit), burst tolerance in ms, how many emails at
 # most, bulk every n-th take (0: never first), how many takes came before.
 # Returns {TAKEN, lane, item[, lane, item ...]} | {WAIT, ms} | {EMPTY}.
 TAKE = """
+if redis.call('EXISTS', KEYS[7]) == 0 then return {0, NO_HEARTBEAT_WAIT_MS} end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local most = tonumber(ARGV[3])
@@ -88,17 +95,18 @@ if interval > 0 then
   redis.call('SET', KEYS[4], tat, 'PX', math.ceil(tat - now) + 1000)
 end
 return out
-"""
+""".replace("NO_HEARTBEAT_WAIT_MS", str(NO_HEARTBEAT_WAIT_MS))
 
 
 class Taker:
     """The take script's arguments for one queue, and the bookkeeping around it."""
 
     def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
+        self.owner = owner
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
-        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake]
+        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake, keys.alive(owner)]
         self._rate = [f"{1000.0 / rate_limit:.3f}", f"{BURST_SHARE * 1000.0:.3f}"] if rate_limit else ["0", "0"]
         self.bulk_every = bulk_every
         self._takes = 0
