@@ -30,6 +30,7 @@ from emailq.worker.celery_glue.app import app
 from emailq.worker.places.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.delivery.deliverer import Outcome
 from emailq.worker.celery_glue.failure_events import FailureEvents
+from emailq.worker.celery_glue.strategy import TAKEN
 from emailq.worker.places.housekeeping import Housekeeper
 from emailq.worker.places.in_flight import Taken
 
@@ -55,7 +56,15 @@ _housekeeper: Housekeeper | None = None
 )
 def deliver(task: Any, envelope: Any) -> None:
     rt = runtime.get()
-    taken = rt.in_flight.for_message(task.request.id)
+    # The record of this very message, handed over by the consumer (`strategy.py`).
+    taken: Taken | None = getattr(task.request, TAKEN, None)
+    if taken is None:
+        # Nothing to settle it through, so not sent: an ack of a message without a record
+        # changes nothing in Redis, and an email left in this worker's in-flight list
+        # without a record goes back to its lane at the Housekeeper's next scans.
+        rt.breaker.skipped()
+        log.error("%s[%s]: this worker holds no in-flight record of the message; not delivered here", task.name, task.request.id)
+        return
     try:
         parsed = Envelope.model_validate(envelope, context={"from_queue": True})
     except ValidationError as error:
@@ -85,7 +94,7 @@ def deliver(task: Any, envelope: Any) -> None:
     _follow(task, taken, parsed, outcome)
 
 
-def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome) -> None:
+def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> None:
     rt = runtime.get()
     if not outcome.sent:
         rt.breaker.skipped()
@@ -104,7 +113,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
         # Back to the lane it came from (the task message's routing key says which).
-        message = task_message(retry, taken.lane if taken else Keys.of(rt.settings).interactive)
+        message = task_message(retry, taken.lane)
         if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
             metrics.RETRIED.inc()
             log.info(
@@ -118,7 +127,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
     _dead_letter(task, taken, _entry(envelope, outcome))
 
 
-def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
+def _dead_letter(task: Any, taken: Taken, entry: DeadLetter) -> None:
     rt = runtime.get()
     if not _settle(taken, "dead-lettering", lambda t: rt.dead_letters.add(entry, taken_from=(t.inflight_key, t.item))):
         return
@@ -130,13 +139,10 @@ def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
     raise error
 
 
-def _settle(taken: Taken | None, what: str, move: Callable[[Taken], bool]) -> bool:
+def _settle(taken: Taken, what: str, move: Callable[[Taken], bool]) -> bool:
     """Move the email out of this worker's in-flight list (into the schedule or the DLQ).
     False when that did not happen now: Redis refused it (the worker repeats it until it
     can; the email stays owned meanwhile), or the email was taken back after a stall."""
-    if taken is None:
-        log.error("no in-flight record for this task; leaving it to the visibility backstop")
-        return False
     taken.settled = True
     moved: list[bool] = []
 

@@ -276,6 +276,12 @@ def _decode(item: bytes) -> tuple[str, Any]:
         return "kombu message with a delivery_info that is not an object", None
     if not isinstance(message.get("content-type", ""), str):
         return "kombu message with a content-type that is not a string", None
+    if "task" in headers and not (isinstance(headers.get("id"), str) and headers["id"]):
+        # A task message without its task id, which Celery's request cannot do without
+        # (it raised KeyError on the consumer's loop, taken for a lost connection, and the
+        # email stayed unsent): the id the producer also writes as the correlation id.
+        correlation = properties.get("correlation_id")
+        headers["id"] = correlation if isinstance(correlation, str) and correlation else str(uuid.uuid4())
     return "", message
 
 

@@ -76,7 +76,6 @@ class InFlight:
         self._lock = threading.Lock()
         self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
-        self._by_id: dict[str, list[str]] = {}
         # Settled in memory, but Redis did not take the move yet (a dropped connection, a
         # full Redis): the email stays in the in-flight list, and the Housekeeper repeats
         # each move until it lands.
@@ -109,21 +108,12 @@ class InFlight:
     def take(self, tag: str, taken: Taken) -> None:
         with self._lock:
             self._by_tag[tag] = taken
-            if taken.message_id:
-                self._by_id.setdefault(taken.message_id, []).append(tag)
 
     def get(self, tag: str) -> Taken | None:
+        """The record of the message delivered under kombu delivery tag `tag`: what the
+        consumer hands its task, which settles the email through it."""
         with self._lock:
             return self._by_tag.get(tag)
-
-    def for_message(self, message_id: str) -> Taken | None:
-        """The unsettled record of a message this process holds, if any."""
-        with self._lock:
-            for tag in self._by_id.get(message_id, []):
-                taken = self._by_tag[tag]
-                if not taken.settled:
-                    return taken
-        return None
 
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it; the acker removes it from
@@ -232,14 +222,7 @@ class InFlight:
 
     def _forget(self, tag: str) -> Taken | None:
         with self._lock:
-            taken = self._by_tag.pop(tag, None)
-            if taken is not None and taken.message_id:
-                tags = self._by_id.get(taken.message_id, [])
-                if tag in tags:
-                    tags.remove(tag)
-                if not tags:
-                    self._by_id.pop(taken.message_id, None)
-            return taken
+            return self._by_tag.pop(tag, None)
 
     def _remove(self, taken: Taken) -> None:
         self.redis.lrem(taken.inflight_key, 1, taken.item)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as they are
