@@ -3,6 +3,7 @@ real `emailq worker` processes and a real endpoint, at default settings."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -60,3 +61,30 @@ def test_a_pool_emailq_cannot_run_is_refused_in_one_line(settings_env, redis_cli
     assert last.startswith("emailq worker: the pool celery.concurrency.") and "is not supported" in last, done.stderr
     assert "Traceback" not in done.stderr
     assert "ready." not in done.stdout + done.stderr
+
+
+def _junk(kind: str) -> dict:
+    """A kombu message on emailq's lane that is no email: the consumer dead-letters it."""
+    message = json.loads(task_message(Envelope.wrap(Email(**SIGN_IN), 3600), KEYS.interactive))
+    if kind == "another-apps-task":
+        message["headers"]["task"] = "billing.charge"
+    else:
+        message["body"] = base64.b64encode(b"\xff not json").decode()
+    return message
+
+
+@pytest.mark.parametrize("kind", ["another-apps-task", "undecodable-body"])
+def test_a_probe_that_is_no_email_does_not_stop_the_worker_for_good(producer, endpoint, start_worker, redis_client, defaults_env, kind):
+    endpoint.behave = lambda headers, body: Reply(503)
+    worker = start_worker(env=defaults_env)
+    producer.send_many([SIGN_IN] * 20)
+    wait_for(lambda: "endpoint looks down" in worker.output(), 30, "the breaker to open")
+    # At the head of the lane (takes pop from the right): the next probe.
+    redis_client.rpush(KEYS.interactive, json.dumps(_junk(kind)))
+    redis_client.lpush(KEYS.wake, 1)
+    wait_for(lambda: redis_client.zcard(KEYS.dlq_index) == 1, 20, "the junk probe to be dead-lettered")
+
+    endpoint.behave = lambda headers, body: Reply(200)
+    later = producer.send(SIGN_IN)
+    wait_for(lambda: later in endpoint.delivered_keys(), 10, "an email sent after the endpoint recovered")
+    assert "resuming deliveries" in worker.output()

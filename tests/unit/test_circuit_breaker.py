@@ -137,6 +137,28 @@ def test_a_probe_that_was_not_sent_is_still_owed():
     assert breaker.may_take()
 
 
+def test_a_probe_that_ends_without_an_outcome_is_owed_again():
+    # A non-email the consumer dead-letters is acked with no delivery outcome.
+    breaker = opened()
+    probe_due()
+    breaker.taken("tag-junk")
+    assert not breaker.may_take()
+    breaker.ended("tag-junk")
+    assert breaker.may_take()
+
+
+def test_the_late_end_of_an_earlier_take_does_not_free_the_next_probe():
+    breaker = opened()
+    probe_due()
+    breaker.taken("tag-1")
+    breaker.failed("retried-probe", MIN_FAILED_ATTEMPT + 1)  # its outcome comes before its ack
+    breaker.taken("tag-2")
+    breaker.ended("tag-1")
+    assert not breaker.may_take(), "one probe at a time"
+    breaker.ended("tag-2")
+    assert breaker.may_take()
+
+
 def test_failures_while_open_neither_reopen_nor_count_towards_the_next_opening():
     breaker = opened()
     outage(breaker, 10, tag="meanwhile")

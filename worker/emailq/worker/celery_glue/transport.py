@@ -88,17 +88,21 @@ class QoS(kombu_redis.QoS):
         headers = message.headers if isinstance(message.headers, dict) else {}
         taken = Taken(lane, inflight_key, item, headers.get("id"), time.monotonic())
         runtime.get().in_flight.take(delivery_tag, taken)
-        runtime.get().breaker.taken()
+        runtime.get().breaker.taken(delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
 
+    # Every take ends here, in an ack or a reject, whatever its path (a delivery, the
+    # consumer's dead-lettering of a non-email, a bug): a probe with no outcome is owed.
     def ack(self, delivery_tag: str) -> None:
         runtime.get().in_flight.ack(delivery_tag)
+        runtime.get().breaker.ended(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         # Without requeue kombu would drop it; an email is never dropped, so an unsettled
         # one goes back on the queue either way (emailq's own paths settle first).
         runtime.get().in_flight.release(delivery_tag)
+        runtime.get().breaker.ended(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
