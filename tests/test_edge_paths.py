@@ -10,18 +10,30 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Reply
+from conftest import Reply, run_emailq
 from helpers import EMAILQ, KEYS, SIGN_IN, wait_for
 
-from emailq.message import Email, Envelope
+from emailq.message import ENVELOPE_FORMAT, Email, Envelope
 from emailq.task_message import task_message
 
 
-def _queue_by_hand(redis_client, message: dict) -> None:
-    """LPUSH a kombu message onto the interactive lane, with a wake-up token, as the
-    producer writes one."""
-    redis_client.lpush(KEYS.interactive, json.dumps(message))
+def _queue_by_hand(redis_client, message: dict | str) -> bytes:
+    """LPUSH a kombu message (or any text) onto the interactive lane, with a wake-up token,
+    as the producer writes one; the item as queued."""
+    item = (message if isinstance(message, str) else json.dumps(message)).encode()
+    redis_client.lpush(KEYS.interactive, item)
     redis_client.lpush(KEYS.wake, 1)
+    return item
+
+
+def _with_envelope(envelope: dict) -> dict:
+    """A task message as the producer writes it, carrying `envelope` as it is."""
+    message = json.loads(task_message(Envelope.wrap(Email(**SIGN_IN), 3600), KEYS.interactive))
+    body = json.loads(base64.b64decode(message["body"]))
+    body[0][0] = envelope
+    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    message["headers"]["id"] = envelope["id"]
+    return message
 
 
 # Celery's own path runs the task when per-task events are on (`strategy.py`).
@@ -88,3 +100,74 @@ def test_a_probe_that_is_no_email_does_not_stop_the_worker_for_good(producer, en
     later = producer.send(SIGN_IN)
     wait_for(lambda: later in endpoint.delivered_keys(), 10, "an email sent after the endpoint recovered")
     assert "resuming deliveries" in worker.output()
+
+
+def test_an_envelope_in_a_newer_format_goes_back_to_its_lane_for_an_upgraded_worker(endpoint, start_worker, redis_client, defaults_env):
+    worker = start_worker(env=defaults_env)
+    # Readers ignore fields they do not know: the same format with one more is delivered.
+    known = {**Envelope.wrap(Email(**SIGN_IN), 3600).dump(), "added_later": True}
+    _queue_by_hand(redis_client, _with_envelope(known))
+    newer = {**Envelope.wrap(Email(**SIGN_IN), 3600).dump(), "v": ENVELOPE_FORMAT + 1}
+    item = _queue_by_hand(redis_client, _with_envelope(newer))
+
+    wait_for(lambda: known["id"] in endpoint.delivered_keys(), 10, "the email with an unknown field")
+    said = lambda: [line for line in worker.output().splitlines() if newer["id"] in line]  # noqa: E731
+    wait_for(said, 10, "the worker to say it gave the newer email back")
+    assert f"envelope format {ENVELOPE_FORMAT + 1}, newer than this worker's {ENVELOPE_FORMAT}" in said()[0]
+    # Waiting in the schedule, as it was (the routing key names its lane), no attempt spent.
+    [(scheduled, due_ms)] = redis_client.zrange(KEYS.schedule, 0, -1, withscores=True)
+    assert scheduled == item
+    seconds, micros = redis_client.time()
+    assert 5 < (due_ms - (seconds * 1000 + micros / 1000)) / 1000 <= 10
+
+    # A cluster of only older workers takes it again each time it is due, no more often.
+    wait_for(lambda: len(said()) == 2, 15, "the second give-back, once it was due")
+    assert redis_client.zrange(KEYS.schedule, 0, -1) == [item]
+    assert endpoint.requests_for(newer["id"]) == []
+    assert redis_client.zcard(KEYS.dlq_index) == 0
+
+
+CODE = "987654"
+
+
+def _malformed(kind: str) -> str:
+    """A queue item carrying a one-time code that the worker dead-letters as malformed:
+    at the task (an envelope it cannot read), at the consumer (another app's task), at
+    the transport (no kombu message at all)."""
+    email = {**SIGN_IN, "payload": {"code": CODE, "link": "https://x/magic?t=abc"}}
+    envelope = Envelope.wrap(Email(**email), 3600).dump()
+    if kind == "unreadable-envelope":
+        return json.dumps(_with_envelope({**envelope, "message": {**email, "to": "nobody"}}))
+    if kind == "another-apps-task":
+        message = _with_envelope(envelope)
+        message["headers"]["task"] = "billing.charge"
+        return json.dumps(message)
+    return json.dumps({"note": "no kombu message", "payload": email["payload"]})
+
+
+@pytest.mark.parametrize("kind", ["unreadable-envelope", "another-apps-task", "no-kombu-message"])
+def test_a_malformed_entry_is_masked_unless_revealed_and_replayed_as_it_was(settings_env, start_worker, redis_client, tmp_path, kind):
+    worker = start_worker()
+    item = _queue_by_hand(redis_client, _malformed(kind))
+    wait_for(lambda: redis_client.zcard(KEYS.dlq_index) == 1, 10, "the malformed dead letter")
+    worker.stop()  # so that what replay puts back stays on the queue to be looked at
+    [message_id] = [i.decode() for i in redis_client.zrange(KEYS.dlq_index, 0, -1)]
+
+    shown = run_emailq(["dlq", "show", message_id], settings_env, tmp_path)
+    listed = run_emailq(["dlq", "list", "--json"], settings_env, tmp_path)
+    revealed = run_emailq(["dlq", "show", message_id, "--reveal"], settings_env, tmp_path)
+    for masked in (shown, listed):
+        assert masked.returncode == 0, masked.stderr
+        assert CODE not in masked.stdout and "magic" not in masked.stdout
+        # Nor base64 that anyone could decode: the kombu body is shown decoded and masked.
+        assert json.loads(item).get("body", "<none>") not in masked.stdout
+    assert json.loads(revealed.stdout)["raw"] == item.decode()
+
+    replayed = run_emailq(["dlq", "replay", message_id], settings_env, tmp_path)
+    if kind == "no-kombu-message":  # nothing any worker could read: kept for a purge
+        assert replayed.returncode == 1 and "not replayable" in replayed.stderr
+        assert redis_client.zcard(KEYS.dlq_index) == 1
+        return
+    assert replayed.returncode == 0, replayed.stderr
+    assert redis_client.lrange(KEYS.interactive, 0, -1) == [item]
+    assert redis_client.zcard(KEYS.dlq_index) == 0

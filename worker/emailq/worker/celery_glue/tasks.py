@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from emailq.errors import EmailqError
 from emailq.store.keys import Keys
-from emailq.message import Envelope
+from emailq.message import ENVELOPE_FORMAT, Envelope, newer_format
 from emailq.task_message import TASK_NAME, task_message
 from emailq.worker import metrics, runtime
 from emailq.worker.places import taking
@@ -40,6 +40,9 @@ log = logging.getLogger("emailq.worker")
 class DeadLettered(EmailqError):
     """The email could not be delivered and is now in the dead-letter queue."""
 
+
+# How long an email in a newer envelope format waits before a worker takes it again.
+NEWER_FORMAT_RETRY_SECONDS = 10
 
 _failure_events = FailureEvents(app)
 _housekeeper: Housekeeper | None = None
@@ -65,13 +68,19 @@ def deliver(task: Any, envelope: Any) -> None:
         rt.breaker.skipped()
         log.error("%s[%s]: this worker holds no in-flight record of the message; not delivered here", task.name, task.request.id)
         return
+    version = newer_format(envelope)
+    if version is not None:
+        _give_back_for_a_newer_worker(task, taken, version)
+        return
     try:
         parsed = Envelope.model_validate(envelope, context={"from_queue": True})
     except ValidationError as error:
         rt.breaker.skipped()
         first = error.errors()[0]
         detail = f"invalid envelope: {error.error_count()} problem(s), first: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        _dead_letter(task, taken, DeadLetter(id=_id_of(task, envelope), reason="malformed", detail=detail, raw=str(envelope)[:RAW_LIMIT]))
+        # The queue item as it was: what `dlq replay` puts back.
+        raw = taken.item.decode("utf-8", errors="replace")[:RAW_LIMIT]
+        _dead_letter(task, taken, DeadLetter(id=_id_of(task, envelope), reason="malformed", detail=detail, raw=raw))
         return
     try:
         outcome = rt.deliverer.deliver(parsed)
@@ -125,6 +134,24 @@ def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> No
             )
         return
     _dead_letter(task, taken, _entry(envelope, outcome))
+
+
+def _give_back_for_a_newer_worker(task: Any, taken: Taken, version: int) -> None:
+    """An envelope of a format newer than this worker's (a producer upgraded before its
+    workers): not this worker's to judge. Back to its lane as it was, through the retry
+    schedule, so that an upgraded worker takes it, and a cluster of older workers only
+    sees it every `NEWER_FORMAT_RETRY_SECONDS`; no attempt is spent."""
+    rt = runtime.get()
+    rt.breaker.skipped()
+    delay = NEWER_FORMAT_RETRY_SECONDS
+    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay)):
+        log.warning(
+            "%s is in envelope format %d, newer than this worker's %d: back to its lane in %ds for an upgraded worker (upgrade this one)",
+            task.request.id,
+            version,
+            ENVELOPE_FORMAT,
+            delay,
+        )
 
 
 def _dead_letter(task: Any, taken: Taken, entry: DeadLetter) -> None:

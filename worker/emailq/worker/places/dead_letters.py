@@ -39,11 +39,15 @@ from emailq.store.keys import Keys
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 from emailq.worker import metrics
+from emailq.worker.places.raw_masking import masked_raw
 
 log = logging.getLogger("emailq.worker")
 
 REASONS = ("rejected", "exhausted", "expired", "malformed", "error")
-RAW_LIMIT = 65536
+# Characters of a malformed queue item kept (`DeadLetter.raw`): a whole item at the
+# default EMAILQ_MAX_MESSAGE_BYTES, base64 and envelope included. One cut short cannot be
+# replayed.
+RAW_LIMIT = 262144
 
 DEFAULT_MAX_ENTRIES = 10_000  # as many as Sidekiq keeps
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600  # as long as Dramatiq keeps: personal data, lean short
@@ -132,6 +136,8 @@ class DeadLetter:
     # Every attempt's outcome, oldest first: {"at": time, "status": int} or {"at", "error"}.
     history: list[dict[str, Any]] = field(default_factory=list)
     envelope: dict[str, Any] | None = None
+    # The queue item as it was (a kombu message, or whatever else was there), when
+    # `envelope` could not be read: `replay` puts it back as it is.
     raw: str | None = None
 
     @property
@@ -160,6 +166,8 @@ class DeadLetter:
         data["to"], data["type"] = self.to, self.type
         if self.envelope and not reveal:
             data["envelope"] = {**self.envelope, "message": masked(self.envelope["message"])}
+        if self.raw is not None and not reveal:
+            data["raw"] = masked_raw(self.raw)
         return data
 
 
@@ -329,9 +337,12 @@ class DeadLetters:
     def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
         lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
-        `BATCH` per round trip, each email moved by one script call of its own. Returns
-        (how many were replayed, ids that cannot be replayed because the original message
-        was undecodable). Ids no longer in the DLQ are passed over."""
+        `BATCH` per round trip, each email moved by one script call of its own. An entry
+        whose message could not be read (`malformed`: its `raw` is the queue item) goes
+        back as it was, to the lane its routing key names, for a worker that can read it
+        (an upgraded one, or after a fix). Returns (how many were replayed, ids that
+        cannot be replayed: the raw text is no whole message, or the envelope does not
+        validate). Ids no longer in the DLQ are passed over."""
         keys = self.keys
         replayed, skipped = 0, []
         for chunk in _chunks(message_ids):
@@ -339,24 +350,43 @@ class DeadLetters:
                 for message_id, row in zip(chunk, self._redis.hmget(self.key, chunk)):
                     if row is None:
                         continue
-                    try:
-                        # Checked as the worker checks what it takes (the producer ran the
-                        # full address check before it was ever queued).
-                        envelope = Envelope.model_validate(_load(row).envelope, context={"from_queue": True})
-                    except ValidationError:
+                    entry = _load(row)
+                    lane_and_message = self._as_it_was(entry) if entry.envelope is None else self._fresh(entry, ttl_seconds, bulk_ttl_seconds)
+                    if lane_and_message is None:
                         skipped.append(message_id)
                         continue
-                    bulk = bool(envelope.bulk)
-                    ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
-                    fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
-                    lane = keys.bulk if bulk else keys.interactive
-                    self._replay(
-                        keys=[self.key, self.index_key, lane, keys.wake],
-                        args=[message_id, task_message(fresh, lane)],
-                        client=pipe,
-                    )
+                    lane, message = lane_and_message
+                    self._replay(keys=[self.key, self.index_key, lane, keys.wake], args=[message_id, message], client=pipe)
                 replayed += sum(pipe.execute())
         return replayed, skipped
+
+    def _fresh(self, entry: DeadLetter, ttl_seconds: float, bulk_ttl_seconds: float | None) -> tuple[str, str] | None:
+        try:
+            # Checked as the worker checks what it takes (the producer ran the full
+            # address check before it was ever queued).
+            envelope = Envelope.model_validate(entry.envelope, context={"from_queue": True})
+        except ValidationError:
+            return None
+        bulk = bool(envelope.bulk)
+        ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
+        fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
+        lane = self.keys.bulk if bulk else self.keys.interactive
+        return lane, task_message(fresh, lane)
+
+    def _as_it_was(self, entry: DeadLetter) -> tuple[str, str] | None:
+        """(lane, item) for a malformed entry whose raw text is a whole kombu message:
+        not one cut short, nor text no worker could ever read as a message."""
+        if entry.raw is None or len(entry.raw) >= RAW_LIMIT:
+            return None
+        try:
+            message = json.loads(entry.raw)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("body"), str) or not isinstance(message.get("properties"), dict):
+            return None
+        delivery_info = message["properties"].get("delivery_info")
+        routing_key = delivery_info.get("routing_key") if isinstance(delivery_info, dict) else None
+        return (self.keys.bulk if routing_key == self.keys.bulk else self.keys.interactive), entry.raw
 
     def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """`replay` every entry there was when it began."""
@@ -378,8 +408,12 @@ class DeadLetters:
         return self.purge(itertools.chain.from_iterable(self._pages()))
 
 
+_FIELDS = frozenset(DeadLetter.__dataclass_fields__)
+
+
 def _load(row: bytes | str) -> DeadLetter:
-    return DeadLetter(**json.loads(row))
+    # Fields this release does not know (written by a newer one) are left out, not fatal.
+    return DeadLetter(**{k: v for k, v in json.loads(row).items() if k in _FIELDS})
 
 
 def _bound(score: float) -> str:
