@@ -8,11 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
-from conftest import Reply, run_emailq
+import redis
+from conftest import RedisServer, Reply, run_emailq, settings_from
 from helpers import EMAILQ, KEYS, SIGN_IN, wait_for
 
+from emailq.enqueue import Producer
 from emailq.message import ENVELOPE_FORMAT, Email, Envelope
 from emailq.task_message import task_message
 
@@ -171,3 +175,56 @@ def test_a_malformed_entry_is_masked_unless_revealed_and_replayed_as_it_was(sett
     assert replayed.returncode == 0, replayed.stderr
     assert redis_client.lrange(KEYS.interactive, 0, -1) == [item]
     assert redis_client.zcard(KEYS.dlq_index) == 0
+
+
+def test_a_lane_of_the_wrong_type_stops_takes_not_the_worker(producer, endpoint, start_worker, redis_client, defaults_env):
+    worker = start_worker(env=defaults_env)
+    redis_client.set(KEYS.interactive, "not a list")  # WRONGTYPE to the take script
+    redis_client.lpush(KEYS.wake, 1)  # an idle worker takes at once
+    wait_for(lambda: "Redis answered with an error" in worker.output(), 10, "the worker to say so")
+    time.sleep(2)  # a few more refused takes
+    assert worker.process.poll() is None, worker.output()
+    said = [line for line in worker.output().splitlines() if "Redis answered with an error" in line]
+    assert len(said) == 1, said  # one line per episode, not one per take
+
+    redis_client.delete(KEYS.interactive)
+    message_id = producer.send(SIGN_IN)
+    wait_for(lambda: message_id in endpoint.delivered_keys(), 10, "delivery once the lane is a list again")
+    assert "Unrecoverable error" not in worker.output()
+
+
+def test_a_redis_busy_with_a_script_stops_takes_not_the_worker(settings_env, endpoint, start_worker, tmp_path, defaults_env):
+    # A Redis of its own, which answers BUSY after 100 ms of a running script (default 5 s:
+    # shortened to save time).
+    busy_redis = RedisServer(tmp_path / "busy", "--lua-time-limit", "100")
+    (tmp_path / "busy").mkdir()
+    busy_redis.start()
+    try:
+        env = {**defaults_env, "EMAILQ_REDIS_URL": busy_redis.url}
+        worker = start_worker(env=env)
+        spinner = busy_redis.client()
+        spinning = threading.Thread(target=lambda: _spin_until_killed(spinner), daemon=True)
+        spinning.start()
+        # The worker's blocking wait ends within a second; its takes meet BUSY from then on.
+        wait_for(lambda: "Redis answered with an error" in worker.output(), 10, "the worker to say so")
+        time.sleep(2)
+        busy_redis.client().script_kill()
+        spinning.join(5)
+        assert worker.process.poll() is None, worker.output()
+        said = [line for line in worker.output().splitlines() if "Redis answered with an error" in line]
+        assert len(said) == 1, said
+
+        producer = Producer(settings_from({**settings_env, **env}))
+        message_id = producer.send(SIGN_IN)
+        wait_for(lambda: message_id in endpoint.delivered_keys(), 10, "delivery once Redis is free")
+        assert "Unrecoverable error" not in worker.output()
+        producer.close()
+    finally:
+        busy_redis.kill()
+
+
+def _spin_until_killed(client) -> None:
+    try:
+        client.eval("while true do end", 0)
+    except redis.ResponseError:
+        pass  # killed: SCRIPT KILL
