@@ -29,11 +29,14 @@ from celery import signals
 from celery.concurrency.thread import TaskPool
 from click.core import ParameterSource
 
+from emailq.worker import runtime
+
 
 class ThreadPool(TaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor._shutdown_lock = threading.RLock()  # private, the same since Python 3.8
+        runtime.reserve_threads(self.limit)  # a Redis connection for each thread at once
 
 
 @signals.celeryd_init.connect
