@@ -130,10 +130,16 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             broke = True
             log.exception("%s[%s] raised unexpectedly; its email goes back on the queue unless already settled", task.name, request.id)
         finally:
-            task.pop_request()
-            request.acknowledged = True
-            (reject if broke else ack)(log, connection_errors)
-            state.task_ready(request)
+            try:
+                task.pop_request()
+                request.acknowledged = True
+                (reject if broke else ack)(log, connection_errors)
+            except Exception:
+                # Nobody reads the pool's future: said here, or never. The email stays
+                # unsettled in this worker's records, for the visibility backstop.
+                log.exception("%s[%s]: handing its outcome back to Celery failed", task.name, request.id)
+            finally:
+                state.task_ready(request)
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         headers = message.headers
@@ -144,7 +150,13 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
         taken = runtime.get().in_flight.get(message.delivery_tag)
         request = LeanRequest(task, hostname, headers, decoded[0], message.delivery_info, taken)
         state.task_reserved(request)
-        pool.apply_async(run, args=(request, ack, reject))
+        # Celery's pool calls `callback` with the result; without one it raised TypeError
+        # into a future nobody reads, once per email.
+        pool.apply_async(run, args=(request, ack, reject), callback=_ignore)
         return None
 
     return handler
+
+
+def _ignore(result: Any) -> None:
+    """The pool's callback: `run` has already handed the outcome back."""
