@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from emailq.worker.delivery.circuit_breaker import MIN_FAILED_ATTEMPT, CircuitBreaker
 
 THRESHOLD = 3
@@ -180,3 +182,13 @@ def test_taking_and_skipping_while_closed_change_nothing():
     breaker.taken()
     breaker.skipped()
     assert breaker.may_take() and not breaker.is_open
+
+
+@pytest.mark.parametrize("threshold", [0, THRESHOLD])
+def test_what_it_remembers_of_failing_emails_stays_bounded(threshold):
+    # 0: never opens. THRESHOLD: retries failing for long with no fresh email failing.
+    breaker = Breaker(threshold=threshold)
+    for n in range(10_000):
+        breaker.failed(f"retried-{n}", MIN_FAILED_ATTEMPT)
+    assert len(breaker._failing) <= threshold
+    assert not breaker.is_open

@@ -97,11 +97,15 @@ class CircuitBreaker:
                 if attempt == 1:
                     self._next_probe = time.monotonic() + self.probe_seconds
                 return
+            if not self.threshold:
+                return  # never opens: nothing to count (the set would grow without bound)
             if attempt == 1:
                 self._fresh_failures += 1
-            if attempt >= MIN_FAILED_ATTEMPT:
+            # Only `threshold` of them ever matter: a long outage with no fresh emails (or a
+            # flood of retries) must not grow the set until the next success.
+            if attempt >= MIN_FAILED_ATTEMPT and len(self._failing) < self.threshold:
                 self._failing.add(message_id)
-            opened = bool(self.threshold) and min(len(self._failing), self._fresh_failures) >= self.threshold
+            opened = min(len(self._failing), self._fresh_failures) >= self.threshold
             if opened:
                 self._open = True
                 self._probe_out, self._probe = False, None
