@@ -118,11 +118,14 @@ class InFlight:
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it; the acker removes it from
         Redis with the next batch."""
-        taken = self._forget(tag)
-        if taken is None or taken.settled:
-            return
-        taken.settled = True
+        # One hold of the lock from forgetting the record to queuing its ack: in between,
+        # the Housekeeper's scan (`known_items`) would find the email in Redis with no
+        # record, and after a second scan give back an email that was delivered.
         with self._lock:
+            taken = self._by_tag.pop(tag, None)
+            if taken is None or taken.settled:
+                return
+            taken.settled = True
             self._acks.append(taken)
             if self._acker is None:
                 self._acker = threading.Thread(target=self._ack_batches, name="emailq-acks", daemon=True)
@@ -159,10 +162,13 @@ class InFlight:
                 self._acks_changed.notify_all()
 
     def release(self, tag: str) -> None:
-        """Back to the head of its queue (Celery asked to requeue it)."""
-        taken = self._forget(tag)
+        """Back to the head of its queue (Celery asked to requeue it). The record is
+        forgotten only once the move ran (or was kept for the Housekeeper), so that the
+        email is never in Redis without one."""
+        taken = self.get(tag)
         if taken is not None and not taken.settled:
             self.give_back(taken)
+        self._forget(tag)
 
     def give_back(self, taken: Taken) -> None:
         taken.settled = True
