@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -240,3 +241,23 @@ def test_every_thread_moving_a_failed_email_at_once_gets_a_redis_connection(prod
     wait_for(lambda: redis_client.zcard(KEYS.schedule) == len(ids), 15, "every email in the retry schedule")
     assert "Too many connections" not in worker.output()
     assert "did not take" not in worker.output()
+
+
+DAY = 24 * 3600
+
+
+def test_dlq_retention_and_failure_times_follow_redis_clock_not_the_workers(redis_client, monkeypatch):
+    from emailq.worker.places import dead_letters as dl
+
+    redis_now = float(redis_client.time()[0])
+    store = dl.DeadLetters(redis_client, KEYS)  # the defaults: entries kept 7 days
+    store.add(dl.DeadLetter(id="six-days-old", reason="expired"))
+    redis_client.zadd(KEYS.dlq_index, {"six-days-old": redis_now - 6 * DAY})
+    # A worker whose clock runs two days ahead dead-letters an email.
+    monkeypatch.setattr(dl, "time", SimpleNamespace(time=lambda: time.time() + 2 * DAY))
+
+    store.add(dl.DeadLetter(id="now", reason="expired", failed_at=time.time() + 2 * DAY))
+
+    assert store.ids() == ["now", "six-days-old"]  # not taken for eight days old
+    assert abs(store.get("now").failed_at - redis_now) < 60
+    assert store.trim().total == 0

@@ -54,12 +54,18 @@ DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600  # as long as Dramatiq keeps: personal d
 TRIM_PER_ADD = 100  # entries an add may drop at most
 BATCH = 500  # ids per round trip (and per script call) when walking the DLQ
 
-# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries scored below
-# `cutoff` (a failed_at; '-inf': no age limit), then the oldest beyond `max_entries` (0: no
-# cap), at most `budget` in all. Returns {dropped by count, dropped by age}.
+# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries that failed
+# more than `max_age` seconds ago by Redis's clock (0: no age limit), then the oldest
+# beyond `max_entries` (0: no cap), at most `budget` in all. Returns {dropped by count,
+# dropped by age}.
 _RETAIN = """
-local function retain(max_entries, cutoff, budget)
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, budget)
+local function retain(max_entries, max_age, budget)
+  local old = {}
+  if max_age > 0 then
+    local t = redis.call('TIME')
+    local cutoff = tonumber(t[1]) + tonumber(t[2]) / 1000000 - max_age
+    old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, budget)
+  end
   if #old > 0 then
     redis.call('HDEL', KEYS[1], unpack(old))
     redis.call('ZREM', KEYS[2], unpack(old))
@@ -78,7 +84,7 @@ end
 """
 
 # KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
-# ('' when the entry comes from nowhere), then retention's max_entries, cutoff, budget.
+# ('' when the entry comes from nowhere), then retention's max_entries, max_age, budget.
 # Types are checked first so that a key of the wrong type fails the whole move rather
 # than half of it; retention runs last, so a Redis too full for the HSET refuses the add
 # before anything is dropped (a drop is never left unlogged). Returns {added (0: the list
@@ -94,16 +100,16 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
-local dropped = retain(tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]))
+local dropped = retain(tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return {1, dropped[1], dropped[2]}
 """
 )
 
-# KEYS: dlq, index. ARGV: max_entries, cutoff, budget.
+# KEYS: dlq, index. ARGV: max_entries, max_age, budget.
 _TRIM = (
     _RETAIN
     + """
-return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
+return retain(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 )
 
@@ -132,6 +138,7 @@ class DeadLetter:
     attempts: int = 0
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
+    # When it entered the DLQ, on Redis's clock (`DeadLetters.add` sets it).
     failed_at: float = field(default_factory=time.time)
     # Every attempt's outcome, oldest first: {"at": time, "status": int} or {"at", "error"}.
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -219,10 +226,13 @@ class DeadLetters:
     # --- in -------------------------------------------------------------------------
 
     def add(self, entry: DeadLetter, taken_from: tuple[str, bytes] | None = None) -> bool:
-        """Store `entry`; with `taken_from` (in-flight list, item), move the item out of
-        that list in the same step. False when the list no longer holds the item. The same
-        step applies the retention policy to at most `TRIM_PER_ADD` older entries."""
+        """Store `entry`, its `failed_at` set to now on Redis's clock; with `taken_from`
+        (in-flight list, item), move the item out of that list in the same step. False
+        when the list no longer holds the item. The same step applies the retention policy
+        to at most `TRIM_PER_ADD` older entries."""
         inflight, item = taken_from or (self.key, b"")
+        seconds, micros = self._redis.time()
+        entry.failed_at = seconds + micros / 1_000_000
         added, by_count, by_age = self._add(
             keys=[self.key, self.index_key, inflight],
             args=[entry.id, json.dumps(asdict(entry)), entry.failed_at, item, *self._retention(TRIM_PER_ADD)],
@@ -243,8 +253,9 @@ class DeadLetters:
         return total
 
     def _retention(self, budget: int) -> list[Any]:
-        cutoff = repr(time.time() - self.max_age_seconds) if self.max_age_seconds > 0 else "-inf"
-        return [self.max_entries, cutoff, budget]
+        # The age is measured in the scripts, on Redis's clock, as every other time in
+        # Redis is (`failed_at`, the retry schedule, the rate limit): not on this host's.
+        return [self.max_entries, repr(float(max(self.max_age_seconds, 0))), budget]
 
     def _dropped(self, dropped: Dropped) -> None:
         if not dropped.total:
