@@ -8,6 +8,11 @@ unexpected exception in the delivery dead-letters the email as `error` too.
 If Redis cannot take the move yet (full, unreachable), the email stays in this worker's
 in-flight list and the worker repeats the move until Redis takes it: it is never acked
 unmoved, and no thread waits for it.
+
+Each move goes through the in-flight record the consumer handed the task with the
+message (`strategy.TAKEN`), never through a lookup by the message's headers. An envelope
+in a format newer than this worker's is neither sent nor dead-lettered: it waits in the
+schedule, as it was, for an upgraded worker (`emailq.message.newer_format`).
 """
 
 from __future__ import annotations
