@@ -17,6 +17,7 @@ METHODS = [
     (kombu_redis.Channel, "_size", ["self", "queue"]),
     (kombu_redis.Channel, "maybe_refresh_binding_expiry", ["self"]),
     (kombu_redis.Channel, "_queue_bind", ["self", "exchange", "routing_key", "pattern", "queue"]),
+    (kombu_redis.Channel, "_receive_one", ["self", "c"]),
     (kombu_redis.QoS, "append", ["self", "message", "delivery_tag"]),
     (kombu_redis.QoS, "ack", ["self", "delivery_tag"]),
     (kombu_redis.QoS, "reject", ["self", "delivery_tag", "requeue"]),

@@ -122,10 +122,23 @@ def _json_kind(value: Any) -> str:
     return {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), "a number")
 
 
-# The envelope's format: 2 since it carries its attempt history; envelopes without `v`
-# were written by the first release (1) and read the same way. A worker refuses (as
-# malformed) a format newer than its own rather than guess at it.
+# The envelope's format (`v`, a major version): 2 since it carries its attempt history;
+# envelopes without `v` were written by the first release (1) and read the same way.
+# The rule between releases: readers ignore envelope fields they do not know, so a new
+# optional field keeps the format; anything an older worker would get wrong without it
+# (a field it must act on, a changed meaning, a new field in `message`, which the
+# endpoint receives as it is) is a new format. A worker neither sends nor dead-letters a
+# format newer than its own: it gives it back for an upgraded worker (`newer_format`).
 ENVELOPE_FORMAT = 2
+
+
+def newer_format(data: Any) -> int | None:
+    """The format of the envelope `data` (as it travels) when it is newer than this
+    release's `ENVELOPE_FORMAT`, else None."""
+    version = data.get("v") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > ENVELOPE_FORMAT:
+        return version
+    return None
 
 
 class Envelope(BaseModel):

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from celery import Celery
 from celery.concurrency import base, thread
+from celery.app import trace
+from celery.app.task import Context
 from celery.worker import state, strategy
 from celery.worker.consumer import consumer
 from celery.worker.consumer import events as consumer_events
@@ -16,7 +18,7 @@ from celery.worker.request import Request
 from kombu import Message
 
 from emailq.worker.celery_glue.pool import ThreadPool
-from emailq.worker.celery_glue.strategy import LeanRequest
+from emailq.worker.celery_glue.strategy import TAKEN, LeanRequest
 
 FUNCTIONS = [
     (state, "task_reserved", ["request"]),
@@ -61,13 +63,22 @@ def test_a_lean_request_answers_what_celery_reads_of_requests():
     headers = {"id": "x", "task": "emailq.deliver", "argsrepr": "[]", "kwargsrepr": "{}"}
     message = Message(body=b"[[], {}, {}]", headers=headers, content_type="application/json", content_encoding="utf-8")
     fields = set(Request(message, app=app, task=task).info())
-    lean = LeanRequest(task, "host", headers, [], {})
+    lean = LeanRequest(task, "host", headers, [], {}, None)
     assert fields <= set(lean.info())
     for attribute in ("id", "name", "task", "acknowledged", "time_start", "eventer"):
         assert hasattr(lean, attribute), attribute
     # What Celery's consumer writes on the requests it holds when it reconnects.
     assert "request.eventer = dis" in inspect.getsource(consumer_events.Events.start)
     assert callable(lean.cancel) and callable(lean.terminate)
+
+
+def test_celerys_path_hands_the_task_every_field_of_the_request_dict():
+    # MaskedRequest adds the in-flight record to its request dict; Celery's tracer builds
+    # the task's `request` from that dict, so the task finds the record there.
+    assert "Context(request or {}" in inspect.getsource(trace.build_tracer)
+    record = object()
+    assert getattr(Context({"id": "x", TAKEN: record}), TAKEN) is record
+    assert "self._request_dict = (message.headers.copy()" in inspect.getsource(Request.__init__)
 
 
 def test_the_pool_can_be_stopped_from_inside_its_own_submit():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from emailq.worker.delivery.circuit_breaker import MIN_FAILED_ATTEMPT, CircuitBreaker
 
 THRESHOLD = 3
@@ -137,6 +139,28 @@ def test_a_probe_that_was_not_sent_is_still_owed():
     assert breaker.may_take()
 
 
+def test_a_probe_that_ends_without_an_outcome_is_owed_again():
+    # A non-email the consumer dead-letters is acked with no delivery outcome.
+    breaker = opened()
+    probe_due()
+    breaker.taken("tag-junk")
+    assert not breaker.may_take()
+    breaker.ended("tag-junk")
+    assert breaker.may_take()
+
+
+def test_the_late_end_of_an_earlier_take_does_not_free_the_next_probe():
+    breaker = opened()
+    probe_due()
+    breaker.taken("tag-1")
+    breaker.failed("retried-probe", MIN_FAILED_ATTEMPT + 1)  # its outcome comes before its ack
+    breaker.taken("tag-2")
+    breaker.ended("tag-1")
+    assert not breaker.may_take(), "one probe at a time"
+    breaker.ended("tag-2")
+    assert breaker.may_take()
+
+
 def test_failures_while_open_neither_reopen_nor_count_towards_the_next_opening():
     breaker = opened()
     outage(breaker, 10, tag="meanwhile")
@@ -158,3 +182,13 @@ def test_taking_and_skipping_while_closed_change_nothing():
     breaker.taken()
     breaker.skipped()
     assert breaker.may_take() and not breaker.is_open
+
+
+@pytest.mark.parametrize("threshold", [0, THRESHOLD])
+def test_what_it_remembers_of_failing_emails_stays_bounded(threshold):
+    # 0: never opens. THRESHOLD: retries failing for long with no fresh email failing.
+    breaker = Breaker(threshold=threshold)
+    for n in range(10_000):
+        breaker.failed(f"retried-{n}", MIN_FAILED_ATTEMPT)
+    assert len(breaker._failing) <= threshold
+    assert not breaker.is_open

@@ -28,6 +28,14 @@ from emailq.worker.places.retry_schedule import RetrySchedule
 
 _lock = threading.Lock()
 
+# Connections the Redis client may open beyond one per pool thread (each thread moves its
+# email in one command, at any moment): the housekeeper, the acker, the consumer's own
+# calls (registration, dead-lettering what is no email), metrics. redis-py's default cap
+# (100) made a pool of 256 threads, all moving failed emails at once, meet
+# "Too many connections", and their moves waited for the housekeeper's next round.
+SPARE_CONNECTIONS = 16
+_pool_threads = 0  # the pool's size, once it exists (`emailq worker -c` may differ from the setting)
+
 HttpClientFactory = Callable[[Settings], HttpClient]
 _http_client_factory: HttpClientFactory = build_client
 
@@ -43,6 +51,7 @@ class Runtime:
             socket_connect_timeout=5,
             socket_keepalive=True,
             health_check_interval=10,
+            max_connections=max(settings.concurrency, _pool_threads) + SPARE_CONNECTIONS,
         )
         keys = Keys.of(settings)
         self.in_flight = InFlight(self.redis, settings.redis_key_prefix)
@@ -77,6 +86,17 @@ def use_http_client(factory: HttpClientFactory) -> None:
     if _runtime is not None and "deliverer" in vars(_runtime):
         raise RuntimeError("use_http_client: this process has already built its HTTP client")
     _http_client_factory = factory
+
+
+def reserve_threads(threads: int) -> None:
+    """Room in the Redis client's connection pool for `threads` pool threads moving emails
+    at once (the worker's pool calls it with its size)."""
+    global _pool_threads
+    with _lock:
+        _pool_threads = max(_pool_threads, threads)
+        if _runtime is not None:
+            pool = _runtime.redis.connection_pool
+            pool.max_connections = max(pool.max_connections, threads + SPARE_CONNECTIONS)
 
 
 def get() -> Runtime:

@@ -16,7 +16,11 @@ from emailq.settings import SentinelUrl, Settings, get_settings
 # Seconds to open a TCP connection to a Redis server or a Sentinel before trying the next.
 CONNECT_TIMEOUT_SECONDS = 2
 
-app = Celery("emailq", include=["emailq.worker.celery_glue.tasks", "emailq.worker.observability"])
+# The pool module too: it checks, as the worker starts, that no other pool was asked for.
+app = Celery(
+    "emailq",
+    include=["emailq.worker.celery_glue.tasks", "emailq.worker.celery_glue.pool", "emailq.worker.observability"],
+)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

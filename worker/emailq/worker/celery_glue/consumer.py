@@ -53,11 +53,12 @@ class Consumer(CeleryConsumer):
 
 def _dead_letter(message: Any, detail: str) -> None:
     headers = message.headers if isinstance(getattr(message, "headers", None), dict) else {}
-    raw = message.body
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    entry = DeadLetter(id=str(headers.get("id") or uuid.uuid4()), reason="malformed", detail=detail[:300], raw=text[:RAW_LIMIT])
     rt = runtime.get()
     taken = rt.in_flight.get(message.delivery_tag)
+    # The queue item as it was (what `dlq replay` puts back), or else the body kombu read.
+    raw = taken.item if taken is not None else message.body
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    entry = DeadLetter(id=str(headers.get("id") or uuid.uuid4()), reason="malformed", detail=detail[:300], raw=text[:RAW_LIMIT])
     if taken is None or taken.settled:
         rt.dead_letters.add(entry)
         message.ack()

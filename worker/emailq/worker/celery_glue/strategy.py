@@ -28,12 +28,25 @@ from celery.worker import state
 from celery.worker.request import Request
 from celery.worker.strategy import default
 
+from emailq.worker import runtime
+from emailq.worker.places.in_flight import Taken
+
 log = logging.getLogger("emailq.worker")
+
+# The task request's field that holds the in-flight record of the message (`Taken`):
+# the consumer finds it by the message's delivery tag when it hands the message over, so
+# the task settles exactly that email, whatever the message's headers say.
+TAKEN = "emailq_taken"
 
 
 class MaskedRequest(Request):
     """Celery's request (the default path), whose `info` (what `inspect active` and
-    Flower's worker pages show) gives the masked arguments: never a one-time code."""
+    Flower's worker pages show) gives the masked arguments: never a one-time code. It
+    hands the task the in-flight record of its message (`TAKEN`), as the lean path does."""
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        self._request_dict[TAKEN] = runtime.get().in_flight.get(message.delivery_tag)
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return super().info(safe=True)
@@ -44,11 +57,20 @@ class LeanRequest:
 
     __slots__ = (
         *("id", "name", "hostname", "argsrepr", "root_id", "args", "delivery_info"),
-        *("task", "acknowledged", "time_start", "eventer", "__weakref__"),
+        *("task", "acknowledged", "time_start", "eventer", "taken", "__weakref__"),
     )
 
-    def __init__(self, task: Any, hostname: str, headers: dict[str, Any], args: list[Any], delivery_info: dict[str, Any]):
+    def __init__(
+        self,
+        task: Any,
+        hostname: str,
+        headers: dict[str, Any],
+        args: list[Any],
+        delivery_info: dict[str, Any],
+        taken: Taken | None,
+    ):
         self.task, self.name, self.hostname = task, task.name, hostname
+        self.taken = taken
         self.id: str = headers["id"]
         self.argsrepr = headers.get("argsrepr")
         self.root_id = headers.get("root_id")
@@ -88,7 +110,14 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
     def run(request: LeanRequest, ack: Any, reject: Any) -> None:
         request.time_start = time.monotonic()
         state.task_accepted(request)
-        task.push_request(id=request.id, hostname=hostname, argsrepr=request.argsrepr, root_id=request.root_id, delivery_info=request.delivery_info)
+        task.push_request(
+            id=request.id,
+            hostname=hostname,
+            argsrepr=request.argsrepr,
+            root_id=request.root_id,
+            delivery_info=request.delivery_info,
+            **{TAKEN: request.taken},
+        )
         broke = False
         try:
             task.run(*request.args)
@@ -101,10 +130,16 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             broke = True
             log.exception("%s[%s] raised unexpectedly; its email goes back on the queue unless already settled", task.name, request.id)
         finally:
-            task.pop_request()
-            request.acknowledged = True
-            (reject if broke else ack)(log, connection_errors)
-            state.task_ready(request)
+            try:
+                task.pop_request()
+                request.acknowledged = True
+                (reject if broke else ack)(log, connection_errors)
+            except Exception:
+                # Nobody reads the pool's future: said here, or never. The email stays
+                # unsettled in this worker's records, for the visibility backstop.
+                log.exception("%s[%s]: handing its outcome back to Celery failed", task.name, request.id)
+            finally:
+                state.task_ready(request)
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         headers = message.headers
@@ -112,9 +147,16 @@ def lean(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
         usual = isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list) and not decoded[1]
         if callbacks or not usual or headers.get("eta") or headers.get("expires") or "id" not in headers:
             return celery_default(message, body, ack, reject, callbacks)
-        request = LeanRequest(task, hostname, headers, decoded[0], message.delivery_info)
+        taken = runtime.get().in_flight.get(message.delivery_tag)
+        request = LeanRequest(task, hostname, headers, decoded[0], message.delivery_info, taken)
         state.task_reserved(request)
-        pool.apply_async(run, args=(request, ack, reject))
+        # Celery's pool calls `callback` with the result; without one it raised TypeError
+        # into a future nobody reads, once per email.
+        pool.apply_async(run, args=(request, ack, reject), callback=_ignore)
         return None
 
     return handler
+
+
+def _ignore(result: Any) -> None:
+    """The pool's callback: `run` has already handed the outcome back."""

@@ -8,6 +8,11 @@ unexpected exception in the delivery dead-letters the email as `error` too.
 If Redis cannot take the move yet (full, unreachable), the email stays in this worker's
 in-flight list and the worker repeats the move until Redis takes it: it is never acked
 unmoved, and no thread waits for it.
+
+Each move goes through the in-flight record the consumer handed the task with the
+message (`strategy.TAKEN`), never through a lookup by the message's headers. An envelope
+in a format newer than this worker's is neither sent nor dead-lettered: it waits in the
+schedule, as it was, for an upgraded worker (`emailq.message.newer_format`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydantic import ValidationError
 
 from emailq.errors import EmailqError
 from emailq.store.keys import Keys
-from emailq.message import Envelope
+from emailq.message import ENVELOPE_FORMAT, Envelope, newer_format
 from emailq.task_message import TASK_NAME, task_message
 from emailq.worker import metrics, runtime
 from emailq.worker.places import taking
@@ -30,6 +35,7 @@ from emailq.worker.celery_glue.app import app
 from emailq.worker.places.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.delivery.deliverer import Outcome
 from emailq.worker.celery_glue.failure_events import FailureEvents
+from emailq.worker.celery_glue.strategy import TAKEN
 from emailq.worker.places.housekeeping import Housekeeper
 from emailq.worker.places.in_flight import Taken
 
@@ -39,6 +45,9 @@ log = logging.getLogger("emailq.worker")
 class DeadLettered(EmailqError):
     """The email could not be delivered and is now in the dead-letter queue."""
 
+
+# How long an email in a newer envelope format waits before a worker takes it again.
+NEWER_FORMAT_RETRY_SECONDS = 10
 
 _failure_events = FailureEvents(app)
 _housekeeper: Housekeeper | None = None
@@ -55,11 +64,23 @@ _housekeeper: Housekeeper | None = None
 )
 def deliver(task: Any, envelope: Any) -> None:
     rt = runtime.get()
-    taken = rt.in_flight.for_message(task.request.id)
-    if taken is not None and taken.lost:
+    # The record of this very message, handed over by the consumer (`strategy.py`).
+    taken: Taken | None = getattr(task.request, TAKEN, None)
+    if taken is None:
+        # Nothing to settle it through, so not sent: an ack of a message without a record
+        # changes nothing in Redis, and an email left in this worker's in-flight list
+        # without a record goes back to its lane at the Housekeeper's next scans.
+        rt.breaker.skipped()
+        log.error("%s[%s]: this worker holds no in-flight record of the message; not delivered here", task.name, task.request.id)
+        return
+    if taken.lost:
         # Taken back while this worker was taken for dead (`heartbeat.py`): another
         # worker has it now, and posting it from here too would only send it twice.
         log.info("%s is no longer this worker's (taken back while it was taken for dead): not sent from here", task.request.id)
+        return
+    version = newer_format(envelope)
+    if version is not None:
+        _give_back_for_a_newer_worker(task, taken, version)
         return
     try:
         parsed = Envelope.model_validate(envelope, context={"from_queue": True})
@@ -67,7 +88,9 @@ def deliver(task: Any, envelope: Any) -> None:
         rt.breaker.skipped()
         first = error.errors()[0]
         detail = f"invalid envelope: {error.error_count()} problem(s), first: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        _dead_letter(task, taken, DeadLetter(id=_id_of(task, envelope), reason="malformed", detail=detail, raw=str(envelope)[:RAW_LIMIT]))
+        # The queue item as it was: what `dlq replay` puts back.
+        raw = taken.item.decode("utf-8", errors="replace")[:RAW_LIMIT]
+        _dead_letter(task, taken, DeadLetter(id=_id_of(task, envelope), reason="malformed", detail=detail, raw=raw))
         return
     try:
         outcome = rt.deliverer.deliver(parsed)
@@ -90,7 +113,7 @@ def deliver(task: Any, envelope: Any) -> None:
     _follow(task, taken, parsed, outcome)
 
 
-def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome) -> None:
+def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> None:
     rt = runtime.get()
     if not outcome.sent:
         rt.breaker.skipped()
@@ -109,7 +132,7 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
         assert outcome.attempt is not None  # a retry follows an attempt
         retry = envelope.after(outcome.attempt)
         # Back to the lane it came from (the task message's routing key says which).
-        message = task_message(retry, taken.lane if taken else Keys.of(rt.settings).interactive)
+        message = task_message(retry, taken.lane)
         if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
             metrics.RETRIED.inc()
             log.info(
@@ -123,7 +146,25 @@ def _follow(task: Any, taken: Taken | None, envelope: Envelope, outcome: Outcome
     _dead_letter(task, taken, _entry(envelope, outcome))
 
 
-def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
+def _give_back_for_a_newer_worker(task: Any, taken: Taken, version: int) -> None:
+    """An envelope of a format newer than this worker's (a producer upgraded before its
+    workers): not this worker's to judge. Back to its lane as it was, through the retry
+    schedule, so that an upgraded worker takes it, and a cluster of older workers only
+    sees it every `NEWER_FORMAT_RETRY_SECONDS`; no attempt is spent."""
+    rt = runtime.get()
+    rt.breaker.skipped()
+    delay = NEWER_FORMAT_RETRY_SECONDS
+    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay)):
+        log.warning(
+            "%s is in envelope format %d, newer than this worker's %d: back to its lane in %ds for an upgraded worker (upgrade this one)",
+            task.request.id,
+            version,
+            ENVELOPE_FORMAT,
+            delay,
+        )
+
+
+def _dead_letter(task: Any, taken: Taken, entry: DeadLetter) -> None:
     rt = runtime.get()
     if not _settle(taken, "dead-lettering", lambda t: rt.dead_letters.add(entry, taken_from=(t.inflight_key, t.item))):
         return
@@ -135,13 +176,10 @@ def _dead_letter(task: Any, taken: Taken | None, entry: DeadLetter) -> None:
     raise error
 
 
-def _settle(taken: Taken | None, what: str, move: Callable[[Taken], bool]) -> bool:
+def _settle(taken: Taken, what: str, move: Callable[[Taken], bool]) -> bool:
     """Move the email out of this worker's in-flight list (into the schedule or the DLQ).
     False when that did not happen now: Redis refused it (the worker repeats it until it
     can; the email stays owned meanwhile), or the email was taken back after a stall."""
-    if taken is None:
-        log.error("no in-flight record for this task; leaving it to the visibility backstop")
-        return False
     taken.settled = True
     moved: list[bool] = []
 

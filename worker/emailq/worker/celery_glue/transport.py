@@ -7,7 +7,9 @@ What changes from kombu's Redis channel:
   unprefixed `unacked` hash is never used, so another Celery app on the same database is
   never touched, and a closed channel (a dropped connection) gives nothing back.
 - While the circuit breaker is open, or Redis is full (it refuses BLMOVE under
-  `noeviction`), the channel stops popping (`QoS.can_consume`) instead of dying.
+  `noeviction`), or answers the take with any other error (a key of the wrong type,
+  BUSY with a script, a replica's READONLY), the channel stops popping
+  (`QoS.can_consume`), says so once, and tries again every second, instead of dying.
 - Anything on the queue that is not a deliverable kombu message goes to the DLQ as
   `malformed`, once, and the worker carries on without reconnecting.
 
@@ -53,12 +55,14 @@ _TAKES = itertools.count(1)
 
 
 class RoomWatch:
-    """Whether Redis lately refused a write for lack of memory. While it does, the
-    consumer tries one pop every `RETRY_SECONDS` and says so once per episode."""
+    """Whether Redis lately refused a take (for lack of memory: `ROOM`; with any other
+    error reply: `REFUSED`). While it does, the consumer tries one take every
+    `RETRY_SECONDS` and says so once per episode."""
 
     RETRY_SECONDS = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, refused: str, accepted: str) -> None:
+        self._says = refused, accepted
         self._full = False
         self._retry_at = 0.0
 
@@ -67,41 +71,55 @@ class RoomWatch:
 
     def refused(self, error: Exception) -> None:
         if not self._full:
-            log.warning("Redis is full (%s): taking no more emails until it has room; delivering those this worker holds", error)
+            log.warning(self._says[0], error)
         self._full = True
         self._retry_at = time.monotonic() + self.RETRY_SECONDS
 
     def accepted(self) -> None:
         if self._full:
-            log.warning("Redis has room again: taking emails")
+            log.warning(self._says[1])
         self._full = False
 
 
-ROOM = RoomWatch()
+ROOM = RoomWatch(
+    "Redis is full (%s): taking no more emails until it has room; delivering those this worker holds",
+    "Redis has room again: taking emails",
+)
+# Any other error reply: WRONGTYPE (a key of emailq's overwritten), BUSY (a script
+# running past busy-reply-threshold), READONLY (a replica) … Celery takes an exception on
+# the consumer's loop that is not a connection error for an unrecoverable one and exits.
+REFUSED = RoomWatch(
+    "Redis answered with an error (%s): taking no more emails until a take goes through, trying every second; delivering those this worker holds",
+    "Redis answers takes again: taking emails",
+)
 
 
 class QoS(kombu_redis.QoS):
     restore_at_shutdown = False
 
     def can_consume(self) -> bool:
-        return super().can_consume() and ROOM.may_take() and runtime.get().breaker.may_take()
+        return super().can_consume() and ROOM.may_take() and REFUSED.may_take() and runtime.get().breaker.may_take()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         lane, inflight_key, item = self.channel._popped
         headers = message.headers if isinstance(message.headers, dict) else {}
         taken = Taken(lane, inflight_key, item, headers.get("id"), time.monotonic())
         runtime.get().in_flight.take(delivery_tag, taken)
-        runtime.get().breaker.taken()
+        runtime.get().breaker.taken(delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
 
+    # Every take ends here, in an ack or a reject, whatever its path (a delivery, the
+    # consumer's dead-lettering of a non-email, a bug): a probe with no outcome is owed.
     def ack(self, delivery_tag: str) -> None:
         runtime.get().in_flight.ack(delivery_tag)
+        runtime.get().breaker.ended(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         # Without requeue kombu would drop it; an email is never dropped, so an unsettled
         # one goes back on the queue either way (emailq's own paths settle first).
         runtime.get().in_flight.release(delivery_tag)
+        runtime.get().breaker.ended(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
@@ -127,7 +145,18 @@ class Channel(kombu_redis.Channel):
         # or, once a take found nothing, a blocking wait for a wake-up token.
         self._command = "take"
         self._sleep_seconds = 0.0
-        self._take_sha = self.client.script_load(TAKE)
+        self._take_sha = ""
+        self._load_take()
+
+    def _load_take(self) -> None:
+        """SCRIPT LOAD the take; a refusal (BUSY, a full Redis) is a take refused, and the
+        next take's NOSCRIPT loads it again."""
+        try:
+            self._take_sha = self.client.script_load(TAKE)
+        except redis.exceptions.OutOfMemoryError as error:
+            ROOM.refused(error)
+        except redis.exceptions.ResponseError as error:
+            REFUSED.refused(error)
 
     def _taker(self, queue: str) -> Taker:
         rt = runtime.get()
@@ -159,9 +188,16 @@ class Channel(kombu_redis.Channel):
         except redis.exceptions.OutOfMemoryError as error:
             ROOM.refused(error)
             return
+        except redis.exceptions.ResponseError as error:
+            REFUSED.refused(error)
+            return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's class default (None) is its only type
         if self._command == "take":
+            if not self._take_sha:
+                self._load_take()
+                if not self._take_sha:
+                    return
             keys, argv = taker.args(self._take_most())
             self.client.connection.send_command("EVALSHA", self._take_sha, len(keys), *keys, *argv)
         elif self._command == "sleep":
@@ -174,7 +210,11 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         command, self._command = self._command, "take"
         if command == "BRPOP":
-            return bool(super()._brpop_read(**options))
+            try:
+                return bool(super()._brpop_read(**options))
+            except redis.exceptions.ResponseError as error:
+                REFUSED.refused(error)  # remote control's pop, answered BUSY or the like
+                raise Empty() from None
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, command, **options)
@@ -185,9 +225,13 @@ class Channel(kombu_redis.Channel):
                 ROOM.refused(error)
                 raise Empty() from None
             except redis.exceptions.NoScriptError:
-                self._take_sha = self.client.script_load(TAKE)  # a Redis restarted empty
+                self._load_take()  # a Redis restarted empty
+                raise Empty() from None
+            except redis.exceptions.ResponseError as error:
+                REFUSED.refused(error)
                 raise Empty() from None
             ROOM.accepted()
+            REFUSED.accepted()
             if command != "take":
                 raise Empty()  # woken (or timed out): take next
             if reply[0] == EMPTY:
@@ -246,14 +290,27 @@ class Channel(kombu_redis.Channel):
             super()._queue_bind(*args)
         except redis.exceptions.OutOfMemoryError as error:
             ROOM.refused(error)
+        except redis.exceptions.ResponseError as error:
+            REFUSED.refused(error)
 
     def maybe_refresh_binding_expiry(self) -> None:
-        # Celery's control queues expire unless refreshed; a full Redis refuses the
-        # refresh, and kombu would log a traceback for it every few seconds.
+        # Celery's control queues expire unless refreshed; a full (or busy) Redis refuses
+        # the refresh, and kombu would log a traceback for it every few seconds.
         try:
             super().maybe_refresh_binding_expiry()
         except redis.exceptions.OutOfMemoryError as error:
             ROOM.refused(error)
+        except redis.exceptions.ResponseError as error:
+            REFUSED.refused(error)
+
+    def _receive_one(self, c: Any) -> Any:
+        # Events and remote-control broadcasts (pub/sub): an error reply there (BUSY to
+        # the connection's health-check PING) is no message, and no reason to exit.
+        try:
+            return super()._receive_one(c)
+        except redis.exceptions.ResponseError as error:
+            REFUSED.refused(error)
+            raise Empty() from None
 
     def _size(self, queue: str) -> int:
         # kombu counts in a MULTI, which a full Redis refuses (queuing any command in a
@@ -285,6 +342,12 @@ def _decode(item: bytes) -> tuple[str, Any]:
         return "kombu message with a delivery_info that is not an object", None
     if not isinstance(message.get("content-type", ""), str):
         return "kombu message with a content-type that is not a string", None
+    if "task" in headers and not (isinstance(headers.get("id"), str) and headers["id"]):
+        # A task message without its task id, which Celery's request cannot do without
+        # (it raised KeyError on the consumer's loop, taken for a lost connection, and the
+        # email stayed unsent): the id the producer also writes as the correlation id.
+        correlation = properties.get("correlation_id")
+        headers["id"] = correlation if isinstance(correlation, str) and correlation else str(uuid.uuid4())
     return "", message
 
 

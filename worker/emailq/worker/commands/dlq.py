@@ -126,7 +126,7 @@ def dlq_replay(ids: tuple[str, ...], all_: bool) -> None:
     else:
         replayed, skipped = store.replay(ids, ttl, bulk_ttl)
     for message_id in skipped:
-        click.echo(f"{message_id}: not replayable (the original message was malformed); purge it", err=True)
+        click.echo(f"{message_id}: not replayable (what was kept of it is no whole message a worker could read); purge it", err=True)
     click.echo(f"replayed {replayed} email(s)")
     if replayed:
         _confirm(client, "replay")

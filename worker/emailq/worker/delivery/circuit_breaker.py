@@ -16,6 +16,11 @@ held forever. After a fresh email fails as a probe the next waits `probe_seconds
 a retried one it may go at once, so retries keep their own backoff and a queue headed by
 always-failing emails drains to the DLQ instead of being probed one per interval. The
 first success (or any answer that is not an outage, such as a 4xx or a 429) closes it.
+
+Every take ends in an ack or a reject (`ended`): a probe that ends with no outcome of a
+delivery (an item the consumer dead-letters, another app's task, a bug) is owed again
+at once, as a skipped one is. Otherwise a probe that never reached the task would keep
+the worker taking nothing, forever, even after the endpoint came back.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class CircuitBreaker:
         self._fresh_failures = 0
         self._open = False
         self._probe_out = False
+        self._probe: object = None  # the take that is the probe out, when it said which
         self._next_probe = 0.0
 
     @property
@@ -53,24 +59,32 @@ class CircuitBreaker:
         with self._lock:
             return not self._probe_out and time.monotonic() >= self._next_probe
 
-    def taken(self) -> None:
-        """The consumer took an email; while open, it is the probe."""
+    def taken(self, take: object = None) -> None:
+        """The consumer took an email (`take`: what names that take, e.g. its delivery
+        tag); while open, it is the probe."""
         if self._open:
             with self._lock:
-                self._probe_out = True
+                self._probe_out, self._probe = True, take
 
     def skipped(self) -> None:
         """The email taken was not sent (expired, malformed): the probe is still owed."""
         if self._open:
             with self._lock:
-                self._probe_out = False
+                self._probe_out, self._probe = False, None
+
+    def ended(self, take: object) -> None:
+        """The take `take` is over (acked or rejected). If it is still the probe out, no
+        outcome came of it: the probe is owed again, as after `skipped`."""
+        with self._lock:
+            if self._probe_out and take is not None and self._probe == take:
+                self._probe_out, self._probe = False, None
 
     def succeeded(self) -> None:
         """The endpoint answered with anything but an outage."""
         with self._lock:
             self._failing.clear()
             self._fresh_failures = 0
-            was_open, self._open, self._probe_out = self._open, False, False
+            was_open, self._open, self._probe_out, self._probe = self._open, False, False, None
         if was_open:
             log.warning("endpoint answered again: resuming deliveries")
             self._on_change(False)
@@ -79,18 +93,22 @@ class CircuitBreaker:
         """An outage failure of `message_id`'s `attempt`-th attempt (1 for the first)."""
         with self._lock:
             if self._open:
-                self._probe_out = False
+                self._probe_out, self._probe = False, None
                 if attempt == 1:
                     self._next_probe = time.monotonic() + self.probe_seconds
                 return
+            if not self.threshold:
+                return  # never opens: nothing to count (the set would grow without bound)
             if attempt == 1:
                 self._fresh_failures += 1
-            if attempt >= MIN_FAILED_ATTEMPT:
+            # Only `threshold` of them ever matter: a long outage with no fresh emails (or a
+            # flood of retries) must not grow the set until the next success.
+            if attempt >= MIN_FAILED_ATTEMPT and len(self._failing) < self.threshold:
                 self._failing.add(message_id)
-            opened = bool(self.threshold) and min(len(self._failing), self._fresh_failures) >= self.threshold
+            opened = min(len(self._failing), self._fresh_failures) >= self.threshold
             if opened:
                 self._open = True
-                self._probe_out = False
+                self._probe_out, self._probe = False, None
                 self._next_probe = time.monotonic() + self.probe_seconds
                 self._failing.clear()
                 self._fresh_failures = 0

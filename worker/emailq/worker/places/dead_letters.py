@@ -43,25 +43,35 @@ from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 from emailq.worker import metrics
 from emailq.worker.places.dead_letter_index import INDEX_LUA
+from emailq.worker.places.raw_masking import masked_raw
 
 log = logging.getLogger("emailq.worker")
 
 REASONS = ("rejected", "exhausted", "expired", "malformed", "error")
-RAW_LIMIT = 65536
+# Characters of a malformed queue item kept (`DeadLetter.raw`): a whole item at the
+# default EMAILQ_MAX_MESSAGE_BYTES, base64 and envelope included. One cut short cannot be
+# replayed.
+RAW_LIMIT = 262144
 
 DEFAULT_MAX_ENTRIES = 10_000  # as many as Sidekiq keeps
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600  # as long as Dramatiq keeps: personal data, lean short
 TRIM_PER_ADD = 100  # entries an add may drop at most
 BATCH = 500  # ids per round trip (and per script call) when walking the DLQ
 
-# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries scored below
-# `cutoff` (a failed_at; '-inf': no age limit), then the oldest beyond `max_entries` (0: no
-# cap), at most `budget` in all. Returns {dropped by count, dropped by age}.
+# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries that failed
+# more than `max_age` seconds ago by Redis's clock (0: no age limit), then the oldest
+# beyond `max_entries` (0: no cap), at most `budget` in all, each with its index entries.
+# Returns {dropped by count, dropped by age}.
 _RETAIN = (
     INDEX_LUA
     + """
-local function retain(max_entries, cutoff, budget)
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'LIMIT', 0, budget)
+local function retain(max_entries, max_age, budget)
+  local old = {}
+  if max_age > 0 then
+    local t = redis.call('TIME')
+    local cutoff = tonumber(t[1]) + tonumber(t[2]) / 1000000 - max_age
+    old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, budget)
+  end
   if #old > 0 then
     for _, id in ipairs(old) do unindex_entry(id) end
     redis.call('HDEL', KEYS[1], unpack(old))
@@ -83,7 +93,7 @@ end
 )
 
 # KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
-# ('' when the entry comes from nowhere), then retention's max_entries, cutoff, budget.
+# ('' when the entry comes from nowhere), then retention's max_entries, max_age, budget.
 # Types are checked first so that a key of the wrong type fails the whole move rather
 # than half of it; retention runs last, so a Redis too full for the HSET refuses the add
 # before anything is dropped (a drop is never left unlogged). Returns {added (0: the list
@@ -101,16 +111,16 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 index_entry(ARGV[1], ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
-local dropped = retain(tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]))
+local dropped = retain(tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 return {1, dropped[1], dropped[2]}
 """
 )
 
-# KEYS: dlq, index. ARGV: max_entries, cutoff, budget.
+# KEYS: dlq, index. ARGV: max_entries, max_age, budget.
 _TRIM = (
     _RETAIN
     + """
-return retain(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
+return retain(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 )
 
@@ -157,10 +167,13 @@ class DeadLetter:
     attempts: int = 0
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
+    # When it entered the DLQ, on Redis's clock (`DeadLetters.add` sets it).
     failed_at: float = field(default_factory=time.time)
     # Every attempt's outcome, oldest first: {"at": time, "status": int} or {"at", "error"}.
     history: list[dict[str, Any]] = field(default_factory=list)
     envelope: dict[str, Any] | None = None
+    # The queue item as it was (a kombu message, or whatever else was there), when
+    # `envelope` could not be read: `replay` puts it back as it is.
     raw: str | None = None
 
     @property
@@ -189,6 +202,8 @@ class DeadLetter:
         data["to"], data["type"] = self.to, self.type
         if self.envelope and not reveal:
             data["envelope"] = {**self.envelope, "message": masked(self.envelope["message"])}
+        if self.raw is not None and not reveal:
+            data["raw"] = masked_raw(self.raw)
         return data
 
 
@@ -241,10 +256,13 @@ class DeadLetters:
     # --- in -------------------------------------------------------------------------
 
     def add(self, entry: DeadLetter, taken_from: tuple[str, bytes] | None = None) -> bool:
-        """Store `entry`; with `taken_from` (in-flight list, item), move the item out of
-        that list in the same step. False when the list no longer holds the item. The same
-        step applies the retention policy to at most `TRIM_PER_ADD` older entries."""
+        """Store `entry`, its `failed_at` set to now on Redis's clock; with `taken_from`
+        (in-flight list, item), move the item out of that list in the same step. False
+        when the list no longer holds the item. The same step applies the retention policy
+        to at most `TRIM_PER_ADD` older entries."""
         inflight, item = taken_from or (self.key, b"")
+        seconds, micros = self._redis.time()
+        entry.failed_at = seconds + micros / 1_000_000
         added, by_count, by_age = self._add(
             keys=[self.key, self.index_key, inflight],
             args=[entry.id, json.dumps(asdict(entry)), entry.failed_at, item, *self._retention(TRIM_PER_ADD)],
@@ -265,8 +283,9 @@ class DeadLetters:
         return total
 
     def _retention(self, budget: int) -> list[Any]:
-        cutoff = repr(time.time() - self.max_age_seconds) if self.max_age_seconds > 0 else "-inf"
-        return [self.max_entries, cutoff, budget]
+        # The age is measured in the scripts, on Redis's clock, as every other time in
+        # Redis is (`failed_at`, the retry schedule, the rate limit): not on this host's.
+        return [self.max_entries, repr(float(max(self.max_age_seconds, 0))), budget]
 
     def _dropped(self, dropped: Dropped) -> None:
         if not dropped.total:
@@ -359,9 +378,12 @@ class DeadLetters:
     def replay(self, message_ids: Iterable[str], ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """Put entries back on their lane with a fresh attempt budget and TTL (the bulk
         lane's own for bulk emails), keeping their id (the endpoint's idempotency key):
-        `BATCH` per round trip, each email moved by one script call of its own. Returns
-        (how many were replayed, ids that cannot be replayed because the original message
-        was undecodable). Ids no longer in the DLQ are passed over."""
+        `BATCH` per round trip, each email moved by one script call of its own. An entry
+        whose message could not be read (`malformed`: its `raw` is the queue item) goes
+        back as it was, to the lane its routing key names, for a worker that can read it
+        (an upgraded one, or after a fix). Returns (how many were replayed, ids that
+        cannot be replayed: the raw text is no whole message, or the envelope does not
+        validate). Ids no longer in the DLQ are passed over."""
         keys = self.keys
         replayed, skipped = 0, []
         for chunk in _chunks(message_ids):
@@ -369,24 +391,43 @@ class DeadLetters:
                 for message_id, row in zip(chunk, self._redis.hmget(self.key, chunk)):
                     if row is None:
                         continue
-                    try:
-                        # Checked as the worker checks what it takes (the producer ran the
-                        # full address check before it was ever queued).
-                        envelope = Envelope.model_validate(_load(row).envelope, context={"from_queue": True})
-                    except ValidationError:
+                    entry = _load(row)
+                    lane_and_message = self._as_it_was(entry) if entry.envelope is None else self._fresh(entry, ttl_seconds, bulk_ttl_seconds)
+                    if lane_and_message is None:
                         skipped.append(message_id)
                         continue
-                    bulk = bool(envelope.bulk)
-                    ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
-                    fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
-                    lane = keys.bulk if bulk else keys.interactive
-                    self._replay(
-                        keys=[self.key, self.index_key, lane, keys.wake],
-                        args=[message_id, task_message(fresh, lane)],
-                        client=pipe,
-                    )
+                    lane, message = lane_and_message
+                    self._replay(keys=[self.key, self.index_key, lane, keys.wake], args=[message_id, message], client=pipe)
                 replayed += sum(pipe.execute())
         return replayed, skipped
+
+    def _fresh(self, entry: DeadLetter, ttl_seconds: float, bulk_ttl_seconds: float | None) -> tuple[str, str] | None:
+        try:
+            # Checked as the worker checks what it takes (the producer ran the full
+            # address check before it was ever queued).
+            envelope = Envelope.model_validate(entry.envelope, context={"from_queue": True})
+        except ValidationError:
+            return None
+        bulk = bool(envelope.bulk)
+        ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
+        fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
+        lane = self.keys.bulk if bulk else self.keys.interactive
+        return lane, task_message(fresh, lane)
+
+    def _as_it_was(self, entry: DeadLetter) -> tuple[str, str] | None:
+        """(lane, item) for a malformed entry whose raw text is a whole kombu message:
+        not one cut short, nor text no worker could ever read as a message."""
+        if entry.raw is None or len(entry.raw) >= RAW_LIMIT:
+            return None
+        try:
+            message = json.loads(entry.raw)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("body"), str) or not isinstance(message.get("properties"), dict):
+            return None
+        delivery_info = message["properties"].get("delivery_info")
+        routing_key = delivery_info.get("routing_key") if isinstance(delivery_info, dict) else None
+        return (self.keys.bulk if routing_key == self.keys.bulk else self.keys.interactive), entry.raw
 
     def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """`replay` every entry there was when it began."""
@@ -404,8 +445,12 @@ class DeadLetters:
         return self.purge(itertools.chain.from_iterable(self._pages()))
 
 
+_FIELDS = frozenset(DeadLetter.__dataclass_fields__)
+
+
 def _load(row: bytes | str) -> DeadLetter:
-    return DeadLetter(**json.loads(row))
+    # Fields this release does not know (written by a newer one) are left out, not fatal.
+    return DeadLetter(**{k: v for k, v in json.loads(row).items() if k in _FIELDS})
 
 
 def _bound(score: float) -> str:

@@ -87,7 +87,6 @@ class InFlight:
         self._lock = threading.Lock()
         self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
-        self._by_id: dict[str, list[str]] = {}
         # Settled in memory, but Redis did not take the move yet (a dropped connection, a
         # full Redis): the email stays in the in-flight list, and the Housekeeper repeats
         # each move until it lands.
@@ -125,28 +124,24 @@ class InFlight:
             # A take that Redis ran before this worker was taken for dead, read only now.
             taken.lost = taken.lost or taken.inflight_key in self._dead_lists
             self._by_tag[tag] = taken
-            if taken.message_id:
-                self._by_id.setdefault(taken.message_id, []).append(tag)
 
     def get(self, tag: str) -> Taken | None:
+        """The record of the message delivered under kombu delivery tag `tag`: what the
+        consumer hands its task, which settles the email through it."""
         with self._lock:
             return self._by_tag.get(tag)
 
-    def for_message(self, message_id: str) -> Taken | None:
-        """The unsettled record of a message this process holds, if any: one still its
-        own if there is one (it took the email again after losing it), else a `lost` one."""
-        with self._lock:
-            unsettled = [self._by_tag[tag] for tag in self._by_id.get(message_id, []) if not self._by_tag[tag].settled]
-        return next((t for t in unsettled if not t.lost), unsettled[0] if unsettled else None)
-
     def ack(self, tag: str) -> None:
         """Delivered (or already moved by its task): forget it; the acker removes it from
-        Redis with the next batch."""
-        taken = self._forget(tag)
-        if taken is None or taken.settled or taken.lost:
-            return
-        taken.settled = True
+        Redis with the next batch. A `lost` record touches nothing: the email is a peer's."""
+        # One hold of the lock from forgetting the record to queuing its ack: in between,
+        # the Housekeeper's scan (`known_items`) would find the email in Redis with no
+        # record, and after a second scan give back an email that was delivered.
         with self._lock:
+            taken = self._by_tag.pop(tag, None)
+            if taken is None or taken.settled or taken.lost:
+                return
+            taken.settled = True
             self._acks.append(taken)
             if self._acker is None:
                 self._acker = threading.Thread(target=self._ack_batches, name="emailq-acks", daemon=True)
@@ -184,10 +179,13 @@ class InFlight:
                 self._acks_changed.notify_all()
 
     def release(self, tag: str) -> None:
-        """Back to the head of its queue (Celery asked to requeue it)."""
-        taken = self._forget(tag)
+        """Back to the head of its queue (Celery asked to requeue it). The record is
+        forgotten only once the move ran (or was kept for the Housekeeper), so that the
+        email is never in Redis without one."""
+        taken = self.get(tag)
         if taken is not None and not taken.settled:
             self.give_back(taken)
+        self._forget(tag)
 
     def give_back(self, taken: Taken) -> None:
         taken.settled = True
@@ -269,14 +267,7 @@ class InFlight:
 
     def _forget(self, tag: str) -> Taken | None:
         with self._lock:
-            taken = self._by_tag.pop(tag, None)
-            if taken is not None and taken.message_id:
-                tags = self._by_id.get(taken.message_id, [])
-                if tag in tags:
-                    tags.remove(tag)
-                if not tags:
-                    self._by_id.pop(taken.message_id, None)
-            return taken
+            return self._by_tag.pop(tag, None)
 
     def _remove(self, taken: Taken) -> None:
         self.redis.lrem(taken.inflight_key, 1, taken.item)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as they are

@@ -60,7 +60,7 @@ class RetrySchedule:
         self._schedule = client.register_script(_SCHEDULE)
         self._move_due = client.register_script(_MOVE_DUE)
 
-    def add(self, inflight_key: str, item: bytes, retry: str, delay_seconds: float) -> bool:
+    def add(self, inflight_key: str, item: bytes, retry: str | bytes, delay_seconds: float) -> bool:
         """Move a taken email (`item`) into the schedule as `retry`, due after the delay.
         False when the in-flight list no longer holds it (it was reclaimed)."""
         delay_ms = max(0, int(delay_seconds * 1000))
