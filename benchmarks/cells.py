@@ -148,7 +148,8 @@ class FloorThreads(CeleryCell):
             "--without-mingle",
             *extra_args,
         ]
-        env = emailq_env(redis_server, db, f"bench-{self.name}", workdir, **(extra_env or {}))
+        # The endpoint only because emailq's runtime wants one; the floor's task never POSTs.
+        env = emailq_env(redis_server, db, f"bench-{self.name}", workdir, EMAILQ_ENDPOINT_URL=endpoint.url, **(extra_env or {}))
         super().__init__(
             latency_ms,
             endpoint,

@@ -37,6 +37,10 @@ def _app() -> Celery:
     from emailq.settings import get_settings
     from emailq.worker.celery_glue.app import celery_config
 
+    # emailq's heartbeat and sweeps (started on `worker_ready`): its transport takes
+    # nothing without them, and emailq's worker pays for them too.
+    import emailq.worker.celery_glue.tasks  # noqa: F401
+
     app = Celery("floor")
     app.conf.update(celery_config(get_settings()))
     # Experiments only (benchmarks.tune): Celery settings emailq's code would have to change.
