@@ -23,7 +23,7 @@ import redis
 
 from emailq.store.keys import Keys
 from emailq.worker.places.dead_letter_index import DeadLetterIndex
-from emailq.worker.places.dead_letters import DeadLetter
+from emailq.worker.places.dead_letters import DeadLetter, keyset_pages
 
 BATCH = 500
 
@@ -123,23 +123,7 @@ class DeadLetterQuery:
             # Ties at the cursor's score are listed by id, descending: those from it up are passed.
             tied = cast(list[bytes], self._redis.zrevrangebyscore(key, repr(top), repr(top)))
             seen = {m for m in tied if m >= after[1].encode()}
-        bottom = _score(flt.since, "-inf")
-        while True:
-            wanted = batch + len(seen)
-            top_bound = "+inf" if top == float("inf") else repr(top)
-            rows = cast(
-                list[tuple[bytes, float]],
-                self._redis.zrevrangebyscore(key, top_bound, bottom, start=0, num=wanted, withscores=True),
-            )
-            fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
-            if fresh:
-                yield [m.decode() for m, _ in fresh]
-                last = fresh[-1][1]
-                if last != top:
-                    top, seen = last, set()
-                seen.update(m for m, s in fresh if s == last)
-            if len(rows) < wanted:
-                return
+        yield from keyset_pages(self._redis, key, top, seen, _score(flt.since, "-inf"), batch)
 
 
 def _score(value: float | None, unbounded: str) -> str:

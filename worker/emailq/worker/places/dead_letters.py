@@ -357,21 +357,7 @@ class DeadLetters:
             # Ties are listed by id, descending: those from `after` up are passed.
             tied = cast(list[bytes], self._redis.zrevrangebyscore(self.index_key, score, score))
             seen = {m for m in tied if m >= after.encode()}
-        while True:
-            wanted = BATCH + len(seen)
-            rows = cast(
-                list[tuple[bytes, float]],
-                self._redis.zrevrangebyscore(self.index_key, _bound(top), "-inf", start=0, num=wanted, withscores=True),
-            )
-            fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
-            if fresh:
-                yield [m.decode() for m, _ in fresh]
-                last = fresh[-1][1]
-                if last != top:
-                    top, seen = last, set()
-                seen.update(m for m, s in fresh if s == last)
-            if len(rows) < wanted:
-                return
+        yield from keyset_pages(self._redis, self.index_key, top, seen, "-inf", BATCH)
 
     # --- out ------------------------------------------------------------------------
 
@@ -451,6 +437,23 @@ _FIELDS = frozenset(DeadLetter.__dataclass_fields__)
 def _load(row: bytes | str) -> DeadLetter:
     # Fields this release does not know (written by a newer one) are left out, not fatal.
     return DeadLetter(**{k: v for k, v in json.loads(row).items() if k in _FIELDS})
+
+
+def keyset_pages(client: redis.Redis, key: str, top: float, seen: set[bytes], bottom: str, batch: int) -> Iterator[list[str]]:
+    """Members of the sorted set `key` scored from `top` down to `bottom`, highest first,
+    `batch` a round trip, leaving out `seen` (members already passed with score `top`)."""
+    while True:
+        wanted = batch + len(seen)
+        rows = cast(list[tuple[bytes, float]], client.zrevrangebyscore(key, _bound(top), bottom, start=0, num=wanted, withscores=True))
+        fresh = [(m, s) for m, s in rows if not (s == top and m in seen)]
+        if fresh:
+            yield [m.decode() for m, _ in fresh]
+            last = fresh[-1][1]
+            if last != top:
+                top, seen = last, set()
+            seen.update(m for m, s in fresh if s == last)
+        if len(rows) < wanted:
+            return
 
 
 def _bound(score: float) -> str:
