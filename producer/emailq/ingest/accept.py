@@ -27,6 +27,7 @@ from typing import Any
 from emailq.enqueue_async import AsyncProducer
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.ingest import metrics
+from emailq.ingest.coalesce import CoalescedPush
 from emailq.settings import Settings
 
 log = logging.getLogger("emailq.ingest")
@@ -82,6 +83,7 @@ class Accept:
             log.warning("EMAILQ_INGEST_AUTHORIZATION is not set: anyone who can reach this port can send email")
         self._log = SampledLog()
         self._enqueued = metrics.ENQUEUED.labels("ingest")
+        self.writes = CoalescedPush(producer)
 
     async def __call__(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> Answer:
         if self._expected is not None:
@@ -106,7 +108,7 @@ class Accept:
             return _refuse(400, "body is not valid JSON (UTF-8)")
         try:
             if key is None:
-                message_id, enqueued = await self.producer.send(data), True
+                message_id, enqueued = await self._send(data), True
             else:
                 message_id, enqueued = await self.producer.send_once(data, key)
         except InvalidMessage as error:
@@ -120,6 +122,12 @@ class Accept:
         self._enqueued.inc()
         self._log.enqueued(message_id)
         return Answer(202, {"id": message_id})
+
+    async def _send(self, data: Any) -> str:
+        """`AsyncProducer.send`, with the write coalesced with other requests'."""
+        [message_id], [(lane, message)] = self.producer._batch([data], False)
+        await self.writes.push(message_id, lane, message)
+        return message_id
 
 
 class SampledLog:

@@ -101,6 +101,7 @@ def create_app(settings: Settings, producer: AsyncProducer | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await accept.writes.wait_closed()
         await producer.aclose()
         probes.close()
 
