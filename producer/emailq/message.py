@@ -11,10 +11,10 @@ import time
 import uuid
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
+from emailq.address import EmailNotValidError, check_address
 from emailq.errors import InvalidMessage
 
 TEMPLATE_TYPES = frozenset(
@@ -57,7 +57,7 @@ class Email(BaseModel):
             raise ValueError("not a valid email address")
         # email-validator accepts no CR/LF or commas, so the value is safe in a header.
         try:
-            validate_email(to, check_deliverability=False)
+            check_address(to)
         except EmailNotValidError as error:
             raise ValueError(f"not a valid email address: {error}") from None
         return to
