@@ -98,10 +98,14 @@ def parse_email(data: Any, *, allow_any_type: bool = False, max_bytes: int | Non
             ]
         )
     if max_bytes is not None:
-        size = len(json.dumps(email.body(), separators=(",", ":")).encode())
+        size = len(_compact(email.body()).encode())
         if size > max_bytes:
             raise InvalidMessage([f"message is {size} bytes, over the limit of {max_bytes} (EMAILQ_MAX_MESSAGE_BYTES)"])
     return email
+
+
+# Built once: `json.dumps` with `separators` builds an encoder per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _describe(error: ErrorDetails) -> str:

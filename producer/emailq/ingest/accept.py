@@ -52,7 +52,11 @@ class Answer:
 
     def render(self) -> bytes:
         """The body as Starlette's JSONResponse renders it."""
-        return json.dumps(self.body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return _render(self.body).encode()
+
+
+# Built once: `json.dumps` with options builds an encoder per call.
+_render = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def _refuse(status: int, error: str, **extra: object) -> Answer:

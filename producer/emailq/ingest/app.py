@@ -54,6 +54,9 @@ async def _unready(producer: AsyncProducer) -> str | None:
     return None
 
 
+_JSON = (b"content-type", b"application/json")
+
+
 class FastPost:
     """ASGI middleware: answers `POST /` with `accept` directly; the rest goes to `app`."""
 
@@ -78,7 +81,7 @@ class FastPost:
 
         answer = await self.accept(headers, chunks())
         body = answer.render()
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw_headers = [_JSON, (b"content-length", b"%d" % len(body))]
         raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
