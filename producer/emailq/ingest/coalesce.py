@@ -24,48 +24,56 @@ from emailq.errors import QueueUnavailable
 # A batch no larger than this; more pending requests wait for the next one.
 MAX_BATCH = 256
 
+_Pending = list[tuple[str, str, asyncio.Future[None]]]  # (id, task message, waiter)
+
 
 class CoalescedPush:
     """`await push(message_id, lane, message)` returns once that task message is on its
-    lane; raises QueueUnavailable (as `AsyncProducer.push`) when its batch failed."""
+    lane; raises QueueUnavailable (as `AsyncProducer.push`) when its batch failed.
+
+    A batch holds one lane's emails: a MULTI is not rolled back when one of its commands
+    fails (a lane that holds another type), so a batch across lanes could land in part
+    and be reported as refused whole."""
 
     def __init__(self, producer: AsyncProducer, max_batch: int = MAX_BATCH):
         self._producer = producer
         self._max_batch = max_batch
-        self._pending: list[tuple[str, str, str, asyncio.Future[None]]] = []
-        self._writes: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, _Pending] = {}
+        self._writes: set[asyncio.Future[None]] = set()
 
     async def push(self, message_id: str, lane: str, message: str) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((message_id, lane, message, waiter))
+        self._pending.setdefault(lane, []).append((message_id, message, waiter))
         # A request cancelled here (a server shutting down) leaves its email in the batch:
         # as a cancelled `AsyncProducer.send`, it may have been enqueued.
         await waiter
 
     def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            write = asyncio.ensure_future(self._write(batch))
-            self._writes.add(write)
-            write.add_done_callback(self._writes.discard)
+        pending, self._pending = self._pending, {}
+        size = self._max_batch
+        for lane, requests in pending.items():
+            for start in range(0, len(requests), size):
+                write = asyncio.ensure_future(self._write(lane, requests[start : start + size]))
+                self._writes.add(write)
+                write.add_done_callback(self._writes.discard)
 
-    async def _write(self, batch: list[tuple[str, str, str, asyncio.Future[None]]]) -> None:
+    async def _write(self, lane: str, batch: _Pending) -> None:
         try:
-            await self._producer.push([(lane, message) for _, lane, message, _ in batch], ids=[i for i, _, _, _ in batch])
+            await self._producer.push([(lane, message) for _, message, _ in batch], ids=[i for i, _, _ in batch])
         except QueueUnavailable as error:
-            for message_id, _, _, waiter in batch:
+            for message_id, _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(QueueUnavailable(str(error), maybe_enqueued=error.maybe_enqueued, ids=[message_id]))
         except BaseException as error:  # cancelled (shutdown) or a bug: no request may hang on it
-            for _, _, _, waiter in batch:
+            for _, _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(error if isinstance(error, Exception) else QueueUnavailable(_CANCELLED, maybe_enqueued=True))
             raise
         else:
-            for _, _, _, waiter in batch:
+            for _, _, waiter in batch:
                 if not waiter.done():
                     waiter.set_result(None)
 

@@ -217,8 +217,7 @@ def serve(host: str, port: int) -> None:
     ingest_log.propagate = False
     # No access log: the ingest writes its own line per email; uvicorn's would double the cost.
     # No proxy headers either: nothing in the ingest reads the client's address.
-    options = {"proxy_headers": False, "server_header": False}
-    uvicorn.run(serve_app(settings), host=host, port=port, log_level="info", access_log=False, **options)
+    uvicorn.run(serve_app(settings), host=host, port=port, log_level="info", access_log=False, proxy_headers=False, server_header=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

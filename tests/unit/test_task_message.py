@@ -1,0 +1,37 @@
+"""`task_message` writes, from its template, exactly what `json.dumps` writes of the
+message as nested dicts (`_generic`), whatever the envelope holds."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emailq.message import Email, Envelope
+from emailq.task_message import _generic, task_message
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=10,
+)
+envelopes = st.builds(
+    lambda to, payload, ip, envelope_id, ttl, bulk, history: Envelope.wrap(
+        Email(to=to, type="SignIn", payload=payload, ip=ip), ttl, id=envelope_id, bulk=bulk
+    ).model_copy(update={"attempts": len(history), "history": history}),
+    st.emails(),
+    st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    st.none() | st.text(max_size=15),
+    st.none() | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
+    st.floats(min_value=0.001, max_value=1e9),
+    st.booleans(),
+    st.lists(st.fixed_dictionaries({"at": st.floats(0, 2e9), "status": st.integers(100, 599)}), max_size=2),
+)
+
+
+@given(envelopes, st.sampled_from(["emailq", "emailq:bulk", 'pre"fix\\:emailq', "é:emailq"]))
+def test_the_template_writes_what_json_dumps_writes(envelope, queue):
+    message = task_message(envelope, queue)
+    tag = json.loads(message)["properties"]["delivery_tag"]
+    assert message == json.dumps(_generic(envelope, queue, tag), separators=(",", ":"))
