@@ -128,7 +128,8 @@ class Accept:
         return Answer(202, {"id": message_id})
 
     async def _send(self, data: Any) -> str:
-        """`AsyncProducer.send`, with the write coalesced with other requests'."""
+        """`AsyncProducer.send`: the same validation, envelope, lane and errors, with the
+        write coalesced with other requests' (`CoalescedPush`)."""
         [message_id], [(lane, message)] = self.producer._batch([data], False)
         await self.writes.push(message_id, lane, message)
         return message_id

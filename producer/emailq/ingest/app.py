@@ -93,7 +93,8 @@ def _response(answer: Answer) -> JSONResponse:
 
 def create_app(settings: Settings, producer: AsyncProducer | None = None) -> FastAPI:
     """The ingest's ASGI app. Emails are enqueued on the event loop (`AsyncProducer`), with
-    no thread hop per request; `/metrics` reads the depths with a blocking client of its
+    no thread hop per request, and the writes of requests that arrive together share one
+    round trip (`emailq.ingest.coalesce`); `/metrics` reads the depths with a blocking client of its
     own, in FastAPI's thread pool (prometheus-client's collectors are synchronous).
     `emailq serve` puts `FastPost` in front of it (`serve_app`)."""
     producer = producer or AsyncProducer(settings)
