@@ -2,16 +2,19 @@
 trip.
 
 Under load, the requests that one turn of the event loop reads all get to their enqueue
-before the next turn; each adds its task message to the pending batch and waits, and the
-next turn sends the whole batch with one `AsyncProducer.push` (one MULTI: all or none).
+before the next turn; each adds its task message to its lane's pending batch and waits,
+and the next turn sends each lane's batch with one `AsyncProducer.push` (one MULTI).
 A round trip costs the ingest and Redis far more CPU than an LPUSH of one more message
 (on the benchmark's two cores, Redis, the ingest and the clients share the CPU), so the
-ingest spends its CPU on requests, not on round trips. A lone request waits no longer
-than before: its batch goes at the next turn of the loop, as a batch of one (one EVAL).
+ingest spends its CPU on requests, not on round trips. A lone request waits one turn of
+the loop more than before, and goes as a batch of one (one EVAL, as `send`).
 
 Each request answers only once its own batch is in Redis; when the write fails, every
-request of that batch gets the QueueUnavailable that says whether it may have landed (a
-MULTI lands whole or not at all, so each email's fate is the batch's).
+request of that batch gets the QueueUnavailable that says whether it may have landed:
+a batch's emails are one LPUSH, which lands whole or not at all. One case is reported
+wrong, as by `send_many`: a wake-up list (`<q>:wake`) that some other client made
+another type fails the MULTI after the emails landed, and the batch is answered as
+refused (a lone email's script ignores that failure).
 """
 
 from __future__ import annotations
