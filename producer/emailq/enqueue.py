@@ -23,45 +23,11 @@ from redis.retry import Retry
 
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
+from emailq.store.moves import enqueue_commands, enqueue_once_command
 from emailq.message import Email, Envelope, parse_email
 from emailq.store.redis_client import redis_client, resolve_redis_url
 from emailq.settings import Settings, get_settings
 from emailq.task_message import task_message
-
-_CHUNK = 1000
-
-# Enqueue an email unless its idempotency key already enqueued one; returns the key's
-# record ("<email digest> <id>") when it did. LPUSH before SET: a script is not rolled
-# back, so the only write that can fail (LPUSH on a wrong type, or the first write under
-# maxmemory) must come first, or a key could be left without its email.
-#   KEYS[1] <p><q>:idem:<hash>   KEYS[2] the email's lane   KEYS[3] <p><q>:wake
-#   ARGV[1] record   ARGV[2] lifetime, ms   ARGV[3] task message   ARGV[4] wake tokens kept
-# The key is set right after the email lands (scripts are not rolled back): nothing after it can part the two.
-_ENQUEUE_ONCE = """
-local first = redis.call('GET', KEYS[1])
-if first then return first end
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('LPUSH', KEYS[3], 1)
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
-return false
-"""
-# One email onto its lane, and a wake-up token: one command and one reply, where a MULTI
-# would be five. The lane first: an error there (a full Redis, a wrong type) aborts the
-# script before anything is written. Waking is best effort (pcall): once the email is
-# on its lane, no error may say it is not.
-#   KEYS[1] the email's lane   KEYS[2] <p><q>:wake   ARGV[1] task message   ARGV[2] tokens kept
-_ENQUEUE_ONE = """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.pcall('LPUSH', KEYS[2], 1)
-redis.pcall('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-return 1
-"""
-# Idle workers block on the wake list; one token wakes one worker, which then takes until
-# the lanes are empty, so a batch needs only a few.
-WAKE_TOKENS_PER_BATCH = 64
-WAKE_TOKENS_KEPT = 1000
-
 
 __all__ = ["Producer", "ProducerBase", "connect", "resolve_redis_url", "send_email", "send_many"]
 
@@ -129,34 +95,14 @@ class ProducerBase:
         envelope = self._wrap(checked, False)
         digest = _digest(checked)
         keys, lane = Keys.of(self.settings), self._lane(envelope)
-        command = (
-            "EVAL",
-            _ENQUEUE_ONCE,
-            3,
-            keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
-            lane,
-            keys.wake,
-            f"{digest} {envelope.id}",
-            max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
-            task_message(envelope, lane),
-            WAKE_TOKENS_KEPT,
-        )
+        lifetime_ms = max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000))
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        command = enqueue_once_command(keys, key_hash, f"{digest} {envelope.id}", lifetime_ms, lane, task_message(envelope, lane))
         return envelope, digest, command
 
     def _push_commands(self, messages: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """One MULTI that LPUSHes each message onto its lane, with wake-up tokens (one
-        script for one message)."""
-        wake = Keys.of(self.settings).wake
-        if len(messages) == 1:
-            [(lane, message)] = messages
-            return [("EVAL", _ENQUEUE_ONE, 2, lane, wake, message, WAKE_TOKENS_KEPT)]
-        lanes: dict[str, list[str]] = {}
-        for lane, message in messages:
-            lanes.setdefault(lane, []).append(message)
-        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
-        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
-        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
-        return [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
+        """The commands that put `(lane, message)` pairs on their lanes, all or none."""
+        return enqueue_commands(Keys.of(self.settings), messages)
 
 
 class Producer(ProducerBase):

@@ -77,6 +77,11 @@ class Keys:
         """The keys of `EMAILQ_QUEUE` under `EMAILQ_REDIS_KEY_PREFIX`."""
         return cls(settings.queue, prefix=settings.redis_key_prefix)
 
+    @classmethod
+    def queue_of_inflight(cls, inflight_key: str, prefix: str) -> str:
+        """The queue whose in-flight list is `inflight_key` (`<p><q>:inflight:<owner>`)."""
+        return inflight_key.rpartition(":inflight:")[0].removeprefix(prefix)
+
     @property
     def interactive(self) -> str:
         return f"{self.prefix}{self.queue}"
