@@ -1,7 +1,7 @@
 """Putting emails on the queue: what a web app calls.
 
-Every email is validated before anything is written, a batch goes in one atomic
-transaction (all or none), and Redis gets a short timeout so that an unreachable
+Every email is validated before anything is written, a batch goes in one Lua script
+(all or none: `emailq.store.moves`), and Redis gets a short timeout so that an unreachable
 queue fails a web request fast instead of hanging it. When Redis fails, the error says
 honestly whether the write may have landed: nothing was sent, or it was sent and the
 answer was lost. With `EMAILQ_REDIS_MIN_REPLICAS`, an enqueue is acknowledged only once
@@ -23,7 +23,8 @@ from redis.retry import Retry
 
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
-from emailq.store.moves import enqueue_commands, enqueue_once_command
+from emailq.store.moves import NewEmail, enqueue_commands, enqueue_once_command
+from emailq.store.trace import TraceLimits, address_hash
 from emailq.message import Email, Envelope, parse_email
 from emailq.store.redis_client import redis_client, resolve_redis_url
 from emailq.settings import Settings, get_settings
@@ -64,9 +65,9 @@ class ProducerBase:
             max_bytes=self.settings.max_message_bytes,
         )
 
-    def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[tuple[str, str]]]:
-        """The ids and `(lane, task message)` pairs of `emails`; raises InvalidMessage naming
-        every bad item (by index) before anything is written."""
+    def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[NewEmail]]:
+        """The ids and task messages of `emails`; raises InvalidMessage naming every bad item
+        (by index) before anything is written."""
         checked: list[Email] = []
         problems: list[str] = []
         for index, email in enumerate(emails):
@@ -77,7 +78,11 @@ class ProducerBase:
         if problems:
             raise InvalidMessage(problems)
         envelopes = [self._wrap(e, bulk) for e in checked]
-        return [e.id for e in envelopes], [(lane, task_message(e, lane)) for e in envelopes for lane in [self._lane(e)]]
+        return [e.id for e in envelopes], [self._new(e) for e in envelopes]
+
+    def _new(self, envelope: Envelope) -> NewEmail:
+        lane = self._lane(envelope)
+        return NewEmail(lane, task_message(envelope, lane), envelope.id, address_hash(envelope.message.to))
 
     def _wrap(self, email: Email, bulk: bool) -> Envelope:
         settings = self.settings
@@ -94,15 +99,19 @@ class ProducerBase:
         checked = self.validate(email)
         envelope = self._wrap(checked, False)
         digest = _digest(checked)
-        keys, lane = Keys.of(self.settings), self._lane(envelope)
         lifetime_ms = max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000))
         key_hash = hashlib.sha256(key.encode()).hexdigest()
-        command = enqueue_once_command(keys, key_hash, f"{digest} {envelope.id}", lifetime_ms, lane, task_message(envelope, lane))
+        record = f"{digest} {envelope.id}"
+        command = enqueue_once_command(Keys.of(self.settings), self._trace, key_hash, record, lifetime_ms, self._new(envelope))
         return envelope, digest, command
 
-    def _push_commands(self, messages: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """The commands that put `(lane, message)` pairs on their lanes, all or none."""
-        return enqueue_commands(Keys.of(self.settings), messages)
+    @property
+    def _trace(self) -> TraceLimits:
+        return TraceLimits.of(self.settings)
+
+    def _push_commands(self, emails: list[NewEmail]) -> list[tuple[Any, ...]]:
+        """The commands that put new emails on their lanes, all or none."""
+        return enqueue_commands(Keys.of(self.settings), self._trace, emails)
 
 
 class Producer(ProducerBase):
@@ -151,10 +160,10 @@ class Producer(ProducerBase):
         envelope, digest, command = self._once(email, key)
         return _once_result(self._write([command], ids=[envelope.id]), envelope, digest)
 
-    def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
-        """LPUSH ready-made task messages, each onto its lane (`(lane, message)` pairs),
-        with wake-up tokens for idle workers, in one MULTI (all or none); `ids`, when
-        given, name them in a QueueUnavailable."""
+    def push(self, messages: list[NewEmail], *, ids: list[str] | None = None) -> None:
+        """Put ready-made task messages on their lanes, with wake-up tokens for idle
+        workers, in one script (all or none); `ids`, when given, name them in a
+        QueueUnavailable."""
         if messages:
             self._write(self._push_commands(messages), ids=ids)
 
@@ -175,8 +184,8 @@ class Producer(ProducerBase):
         sent = False
         try:
             connection.check_health()  # a PING when idle a while; its failure sent nothing
-            # A failure while sending leaves the last command incomplete: Redis runs none
-            # of it (a batch is one MULTI ... EXEC).
+            # A failure while sending leaves the command incomplete: Redis runs none of it
+            # (a batch is one script).
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             sent = True
             replies = [connection.read_response() for _ in commands]

@@ -2,15 +2,17 @@
 -- cluster's rate limit.                                              (queued -> in flight)
 -- KEYS[1] <p><q>   KEYS[2] <p><q>:bulk   KEYS[3] <p><q>:inflight:<owner>   KEYS[4] <p><q>:rate
 -- KEYS[5] <p><q>:rate:slowdown   KEYS[6] <p><q>:wake   KEYS[7] <p><q>:alive:<owner>
+-- KEYS[8] <p><q>:trace
 -- ARGV[1] the rate's emission interval, ms (0: no limit)   ARGV[2] burst tolerance, ms
 -- ARGV[3] how many emails at most   ARGV[4] bulk first every n-th take (0: never)
--- ARGV[5] how many takes came before
+-- ARGV[5] how many takes came before   ARGV[6] the trace's lifetime, ms (0: off)
 -- Returns {1, lane, item[, lane, item ...]} (taken) | {0, ms} (wait that long) | {2} (both
 -- lanes empty: the wake tokens are cleared, and the worker blocks on <p><q>:wake).
 -- Nothing is taken while the owner's heartbeat key is gone: another worker may have taken
 -- its list back, and nothing may land in a list after that.
 -- The rate limit is a GCRA on Redis's clock: a take gets its slot and its email together,
 -- or neither.
+-- include: trace.lua
 if redis.call('EXISTS', KEYS[7]) == 0 then return {0, NO_HEARTBEAT_WAIT_MS} end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -26,6 +28,8 @@ if interval > 0 then
   if tat < now then tat = now end
 end
 local out = {1}
+local trace_ttl = tonumber(ARGV[6])
+local owner = string.match(KEYS[3], ':inflight:(.+)$')
 for n = 1, most do
   if interval > 0 and tat - now > burst then
     if n == 1 then return {0, tat - now - burst} end
@@ -46,6 +50,7 @@ for n = 1, most do
     end
     break
   end
+  trace(KEYS[8], trace_ttl, trace_id(item), 'taken ' .. owner)
   out[#out + 1] = lane
   out[#out + 1] = item
   if interval > 0 then tat = tat + interval end

@@ -133,7 +133,8 @@ def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> No
         retry = envelope.after(outcome.attempt)
         # Back to the lane it came from (the task message's routing key says which).
         message = task_message(retry, taken.lane)
-        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
+        why = f"attempt {retry.attempts}: {outcome.error.partition(':')[0][:80]}"
+        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0, why)):
             metrics.RETRIED.inc()
             log.info(
                 "attempt %d of %s failed (%s): retrying in %.1fs",
@@ -154,7 +155,8 @@ def _give_back_for_a_newer_worker(task: Any, taken: Taken, version: int) -> None
     rt = runtime.get()
     rt.breaker.skipped()
     delay = NEWER_FORMAT_RETRY_SECONDS
-    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay)):
+    why = f"envelope format {version}, for an upgraded worker"
+    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay, why)):
         log.warning(
             "%s is in envelope format %d, newer than this worker's %d: back to its lane in %ds for an upgraded worker (upgrade this one)",
             task.request.id,

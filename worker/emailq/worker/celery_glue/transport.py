@@ -166,7 +166,9 @@ class Channel(kombu_redis.Channel):
         taker = self._takers.get(queue)
         # A new owner name after this worker was taken for dead (`heartbeat.py`): new lists.
         if taker is None or taker.owner != rt.in_flight.owner:
-            taker = self._takers[queue] = Taker(rt.in_flight.keys(queue), rt.in_flight.owner, rt.settings.rate_limit, rt.settings.bulk_every)
+            taker = self._takers[queue] = Taker(
+                rt.in_flight.keys(queue), rt.in_flight.owner, rt.settings.rate_limit, rt.settings.bulk_every, rt.in_flight.trace.ms
+            )
         return taker
 
     def _brpop_start(self, timeout: Any = None) -> None:

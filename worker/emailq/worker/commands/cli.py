@@ -19,6 +19,7 @@ from emailq.store.keys import Keys
 from emailq.store.redis_client import primary_address
 from emailq.settings import Settings, get_settings
 from emailq.worker.commands.dlq import dlq
+from emailq.worker.commands.trace import trace
 
 MAX_PROBLEMS_SHOWN = 1000
 
@@ -37,6 +38,7 @@ def cli(lifeline: int | None) -> None:
 
 
 cli.add_command(dlq)
+cli.add_command(trace)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from emailq.errors import NotFound
 from emailq.store.keys import Keys
 from emailq.store.moves import Moves
+from emailq.store.trace import TraceLimits
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 from emailq.worker import metrics
@@ -142,6 +143,7 @@ class DeadLetters:
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        trace: TraceLimits | None = None,
     ):
         self._redis = client
         self.keys = keys
@@ -149,7 +151,7 @@ class DeadLetters:
         self.max_age_seconds = max_age_seconds
         self.key = keys.dlq
         self.index_key = keys.dlq_index
-        self._moves = Moves(client, keys)
+        self._moves = Moves(client, keys, trace)
 
     @property
     def redis(self) -> redis.Redis:
@@ -165,7 +167,8 @@ class DeadLetters:
         seconds, micros = self._redis.time()
         entry.failed_at = seconds + micros / 1_000_000
         row = json.dumps(asdict(entry))
-        added, by_count, by_age = self._moves.dead_letter(entry.id, row, entry.failed_at, taken_from, self._retention(TRIM_PER_ADD))
+        why = entry.reason if entry.status is None else f"{entry.reason} HTTP {entry.status}"
+        added, by_count, by_age = self._moves.dead_letter(entry.id, row, entry.failed_at, taken_from, self._retention(TRIM_PER_ADD), why)
         self._dropped(Dropped(by_count, by_age))
         return bool(added)
 

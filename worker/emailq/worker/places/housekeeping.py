@@ -255,13 +255,9 @@ class Housekeeper:
             owner = runtime.in_flight.owner
             for queue in runtime.in_flight.queues or {self.settings.queue}:
                 keys = runtime.in_flight.keys(queue)
-                if runtime.redis.llen(keys.inflight(owner)) == 0:
-                    with runtime.redis.pipeline(transaction=True) as pipe:
-                        pipe.srem(keys.owners, owner)
-                        pipe.delete(keys.alive(owner))
-                        pipe.execute()
-                else:
-                    # What Redis could not take back waits for the heartbeat to lapse.
-                    log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(owner))
+                if runtime.in_flight.moves(queue).leave(owner):
+                    continue
+                # What Redis could not take back waits for the heartbeat to lapse.
+                log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(owner))
         except redis.RedisError as error:
             log.warning("could not unregister from Redis (%s): other workers will after %ss", error, self.settings.heartbeat_seconds)

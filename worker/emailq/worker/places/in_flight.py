@@ -32,6 +32,7 @@ import redis
 
 from emailq.store.keys import Keys
 from emailq.store.moves import Moves
+from emailq.store.trace import TraceLimits
 
 log = logging.getLogger("emailq.worker")
 
@@ -59,9 +60,10 @@ class Taken:
 class InFlight:
     """This process's records of taken emails, keyed by kombu delivery tag; thread-safe."""
 
-    def __init__(self, client: redis.Redis, prefix: str):
+    def __init__(self, client: redis.Redis, prefix: str, trace: TraceLimits | None = None):
         self.redis = client
         self.prefix = prefix
+        self.trace = trace or TraceLimits.default()
         self._lock = threading.Lock()
         self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
@@ -90,7 +92,7 @@ class InFlight:
         """The moves of `queue`'s emails (`emailq.store.moves`)."""
         moves = self._moves.get(queue)
         if moves is None:
-            moves = self._moves[queue] = Moves(self.redis, self.keys(queue))
+            moves = self._moves[queue] = Moves(self.redis, self.keys(queue), self.trace)
         return moves
 
     def moves_of(self, taken: Taken) -> Moves:
@@ -101,11 +103,7 @@ class InFlight:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
         list is reclaimed if the heartbeat ever lapses (through `client`, the heartbeat's
         own, if given)."""
-        keys = self.keys(queue)
-        with (client or self.redis).pipeline(transaction=True) as pipe:
-            pipe.set(keys.alive(self.owner), 1, px=heartbeat_ms)
-            pipe.sadd(keys.owners, self.owner)
-            pipe.execute()
+        self.moves(queue).register(self.owner, heartbeat_ms, client)
         self.queues.add(queue)
 
     def take(self, tag: str, taken: Taken) -> None:

@@ -14,20 +14,22 @@ import redis
 
 from emailq.store.keys import Keys
 from emailq.store.moves import Moves
+from emailq.store.trace import TraceLimits
 
 MOVE_BATCH = 1000
 
 
 class RetrySchedule:
-    def __init__(self, client: redis.Redis, keys: Keys):
+    def __init__(self, client: redis.Redis, keys: Keys, trace: TraceLimits | None = None):
         self.redis = client
         self.key = keys.schedule
-        self._moves = Moves(client, keys)
+        self._moves = Moves(client, keys, trace)
 
-    def add(self, inflight_key: str, item: bytes, retry: str | bytes, delay_seconds: float) -> bool:
-        """Move a taken email (`item`) into the schedule as `retry`, due after the delay.
-        False when the in-flight list no longer holds it (it was reclaimed)."""
-        return self._moves.schedule(inflight_key, item, retry, int(delay_seconds * 1000))
+    def add(self, inflight_key: str, item: bytes, retry: str | bytes, delay_seconds: float, why: str = "") -> bool:
+        """Move a taken email (`item`) into the schedule as `retry`, due after the delay
+        (`why`: what its attempt came to, for its trace, never a secret). False when the
+        in-flight list no longer holds it (it was reclaimed)."""
+        return self._moves.schedule(inflight_key, item, retry, int(delay_seconds * 1000), why)
 
     def move_due(self) -> int:
         """Put every due email at the back of its lane; returns how many moved."""

@@ -53,19 +53,20 @@ TAKE = script("take")
 class Taker:
     """The take script's arguments for one queue, and the bookkeeping around it."""
 
-    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
+    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int, trace_ms: int = 0):
         self.owner = owner
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
-        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake, keys.alive(owner)]
+        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake, keys.alive(owner), keys.trace]
+        self._trace_ms = str(trace_ms)
         self._rate = [f"{1000.0 / rate_limit:.3f}", f"{BURST_SHARE * 1000.0:.3f}"] if rate_limit else ["0", "0"]
         self.bulk_every = bulk_every
         self._takes = 0
 
     def args(self, most: int = 1) -> tuple[list[str], list[str]]:
         """KEYS and ARGV for a take of at most `most` emails."""
-        return self._keys, [*self._rate, str(max(1, most)), str(self.bulk_every), str(self._takes)]
+        return self._keys, [*self._rate, str(max(1, most)), str(self.bulk_every), str(self._takes), self._trace_ms]
 
     def took(self, count: int) -> None:
         """`count` emails came with the last take: the lane order moves on by as many."""
