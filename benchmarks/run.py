@@ -51,7 +51,14 @@ PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
 STALL_SECONDS = 30.0
 # What --only names: whole sections, or cells by key (shell-style patterns).
-SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue", "ingest", "redis-cost")
+SECTIONS = ("throughput", "failing", "trace", "priority", "rate-limit", "enqueue", "ingest", "redis-cost")
+# The trace's cost at 0 ms: emailq's defaults (trace on) beside the same with it off.
+TRACE_CELLS = (
+    ("emailq-trace-on", "emailq, defaults (trace on)", {}),
+    ("emailq-trace-off", "emailq, EMAILQ_TRACE_SECONDS=0", {"EMAILQ_TRACE_SECONDS": "0"}),
+)
+# More reps than the others: a 5% difference needs them on a noisy machine.
+TRACE_REPS = 7
 
 
 def messages_for(cell: c.Cell, quick: bool) -> int:
@@ -181,6 +188,7 @@ def section_keys() -> dict[str, list[str]]:
     return {
         "throughput": throughput_keys(),
         "failing": failing_keys(),
+        "trace": [f"{name}@0ms" for name, _, _ in TRACE_CELLS],
         "priority": [flow.priority_key(ms) for ms in flow.PRIORITY_LATENCIES_MS],
         "rate-limit": [flow.RATE_KEY],
         "enqueue": ["enqueue"],
@@ -395,6 +403,16 @@ def main(argv: list[str] | None = None) -> None:
             stoppable.extend(item for cell, endpoint, _ in made for item in (endpoint, cell))
             healthy = next((r for r in results if r["contender"] == "emailq" and r["latency_ms"] == 0), None)
             failing = bench_failing(made, reps, healthy)
+        trace: list[dict] = []
+        trace_cells = [
+            c.Emailq(0, Endpoint(0, workdir), redis_server, db, workdir, extra_env=env, name=name, label=label)
+            for db, (name, label, env) in enumerate(TRACE_CELLS, start=45)
+            if want("trace", f"{name}@0ms")
+        ]
+        if trace_cells:
+            log("the trace's cost at 0 ms, on and off")
+            stoppable.extend(item for cell in trace_cells for item in (cell.endpoint, cell))
+            trace = bench(trace_cells, 1 if args.quick else TRACE_REPS, args.quick, paced=False)
         priority = []
         for latency in flow.PRIORITY_LATENCIES_MS:
             if want("priority", flow.priority_key(latency)):
@@ -432,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         "reps": reps,
         "results": results,
         "failing": failing,
+        "trace": trace,
         "priority": priority,
         "rate_limit": rate_limit,
         "enqueue": enqueue,

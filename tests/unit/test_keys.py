@@ -25,7 +25,6 @@ def every_key(keys: Keys) -> list[str]:
         keys.dlq_by_type("SignIn"),
         keys.dlq_by_type(None),
         keys.trace_of("m1"),
-        keys.trace_to("h"),
     ]
 
 

@@ -37,10 +37,10 @@ remote control's pub/sub channels carry it too.
     <p><q>:dlq:action:progress  hash    that action's progress (kept a day after it ends)
     <p><q>:dlq:action:ids       list    the ids the action touches, snapshotted when the
                                         operator confirmed (read back in chunks)
-    <p><q>:trace:<id>           list    that email's moves and attempts, "<ms> <event> ..."
+    <p><q>:trace:<id>           string  that email's moves and attempts, a line each
                                         (`emailq trace`; never a code, link or address)
-    <p><q>:trace:index          zset    traced ids by enqueue time: EMAILQ_TRACE_MAX_EMAILS
-    <p><q>:trace:to:<hash>      zset    traced ids sent to the address with that hash
+    <p><q>:trace:index          list    "<id> <address hash>", newest first: the count cap
+                                        (EMAILQ_TRACE_MAX_EMAILS) and the address search
     <p><q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
                                         its hash) that enqueued that email; expires after
                                         EMAILQ_MESSAGE_TTL_SECONDS
@@ -175,8 +175,9 @@ class Keys:
     def trace_of(self, message_id: str) -> str:
         return f"{self.trace}:{message_id}"
 
-    def trace_to(self, address_hash: str) -> str:
-        return f"{self.trace}:to:{address_hash}"
+    @property
+    def trace_index(self) -> str:
+        return f"{self.trace}:index"
 
     def idempotency(self, key_hash: str) -> str:
         return f"{self.interactive}:idem:{key_hash}"

@@ -162,7 +162,7 @@ class Moves:
         """A dead letter to the back of its lane as `message` (1, or 0 when it is gone);
         `client`: a pipeline to queue it on."""
         keys = [self.keys.dlq, self.keys.dlq_index, *self._lanes, self.keys.trace]
-        return self._run("replay", keys, [message_id, message, self.trace.ms], client=client)
+        return self._run("replay", keys, [message_id, message, self.trace.ms, self.trace.most], client=client)
 
     def purge(self, message_ids: Sequence[str]) -> int:
         """Dead letters deleted for good; how many were there."""

@@ -22,16 +22,14 @@ WAKE_TOKENS_KEPT = 1000
 # A take by an owner whose heartbeat key is gone waits this long before trying again.
 NO_HEARTBEAT_WAIT_MS = 100
 
-# An email's trace keeps its last this many events (a replayed email keeps moving).
-TRACE_EVENTS_KEPT = 50
-# `emailq trace ADDRESS` finds the newest this many emails sent to one address.
-TRACE_PER_ADDRESS = 100
+# An email's trace keeps its last this many bytes of events (about 60 events: a replayed
+# email keeps moving).
+TRACE_BYTES_KEPT = 4096
 
 _CONSTANTS = {
     "WAKE_TOKENS_KEPT": WAKE_TOKENS_KEPT,
     "NO_HEARTBEAT_WAIT_MS": NO_HEARTBEAT_WAIT_MS,
-    "TRACE_EVENTS_KEPT": TRACE_EVENTS_KEPT,
-    "TRACE_PER_ADDRESS": TRACE_PER_ADDRESS,
+    "TRACE_BYTES_KEPT": TRACE_BYTES_KEPT,
 }
 _INCLUDE = re.compile(r"^-- include: (\S+\.lua)$", re.MULTILINE)
 

@@ -8,14 +8,16 @@ Redis's clock: `queued <lane>`, `taken <owner>`, `delivered`, `retry <due ms> <w
 through the hash of it (`address_hash`), and the events say only which step, when, and
 what the endpoint answered (a status, or the kind of error).
 
-It is bounded twice, so that it never fills a Redis running with `noeviction`: each key
-lives `EMAILQ_TRACE_SECONDS` after its last write, and beyond `EMAILQ_TRACE_MAX_EMAILS`
-emails the oldest traces are dropped as new ones come.
+It is bounded twice, so that it never fills a Redis running with `noeviction`: a trace
+lives `EMAILQ_TRACE_SECONDS` from its email's enqueue (or replay), and beyond
+`EMAILQ_TRACE_MAX_EMAILS` emails the oldest traces are dropped as new ones come. A move
+of an email whose trace is gone writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -25,6 +27,11 @@ from emailq.store.keys import Keys
 
 if TYPE_CHECKING:
     from emailq.settings import Settings
+
+# A search by address shows at most this many emails, newest first.
+SHOWN_PER_ADDRESS = 100
+# Index entries read per round trip by a search by address.
+SCAN_CHUNK = 5000
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,7 @@ class Event:
     detail: str
 
     @classmethod
-    def parse(cls, raw: bytes | str) -> Event:
-        text = raw.decode() if isinstance(raw, bytes) else raw
+    def parse(cls, text: str) -> Event:
         ms, _, rest = text.partition(" ")
         what, _, detail = rest.partition(" ")
         return cls(int(ms) / 1000, what, detail)
@@ -100,11 +106,25 @@ class Trace:
 
     def of(self, message_id: str) -> Whereabouts | None:
         """The email's trace; None when it has none (never traced, or it expired)."""
-        raw = cast(list[bytes], self.redis.lrange(self.keys.trace_of(message_id), 0, -1))
-        return Whereabouts(message_id, [Event.parse(r) for r in raw]) if raw else None
+        return _whereabouts(message_id, cast(bytes | None, self.redis.get(self.keys.trace_of(message_id))))
 
-    def sent_to(self, address: str) -> list[Whereabouts]:
-        """The traced emails sent to `address`, newest first."""
-        ids = [i.decode() for i in cast(list[bytes], self.redis.zrevrange(self.keys.trace_to(address_hash(address)), 0, -1))]
-        found = (self.of(i) for i in ids)
+    def sent_to(self, address: str, most: int = SHOWN_PER_ADDRESS) -> list[Whereabouts]:
+        """The traced emails sent to `address`, newest first (at most `most`). Reads the
+        index a chunk at a time (a search, not a hot path): Redis never blocks on it."""
+        suffix = f" {address_hash(address)}".encode()
+        ids: list[str] = []
+        for start in itertools.count(0, SCAN_CHUNK):
+            chunk = cast(list[bytes], self.redis.lrange(self.keys.trace_index, start, start + SCAN_CHUNK - 1))
+            ids += [entry[: -len(suffix)].decode() for entry in chunk if entry.endswith(suffix)]
+            if len(chunk) < SCAN_CHUNK or len(ids) >= most:
+                break
+        ids = ids[:most]
+        rows = cast(list[bytes | None], self.redis.mget([self.keys.trace_of(i) for i in ids])) if ids else []
+        found = (_whereabouts(i, row) for i, row in zip(ids, rows))
         return [w for w in found if w is not None]
+
+
+def _whereabouts(message_id: str, raw: bytes | None) -> Whereabouts | None:
+    if not raw:
+        return None
+    return Whereabouts(message_id, [Event.parse(line) for line in raw.decode().splitlines() if line])

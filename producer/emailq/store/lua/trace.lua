@@ -1,12 +1,15 @@
 -- Library (included): each email's trace (`emailq trace`), written in the same step as
 -- the move it records, so it costs no round trip and never disagrees with the places.
 -- base is <p><q>:trace, ttl its lifetime in ms (0: the trace is off):
---   <base>:<id>      list  the email's events, oldest first: "<ms> <event>[ <detail>]",
---                          never a code, a link or an address; the last TRACE_EVENTS_KEPT
---   <base>:index     zset  traced ids by when they were enqueued (ms): the count cap
---   <base>:to:<hash> zset  ids sent to the address with that hash (`emailq.store.trace`),
---                          the newest TRACE_PER_ADDRESS
--- Each key lives `ttl` after its last write; beyond `most` emails the oldest traces go.
+--   <base>:<id>    string  the email's events, oldest first, one a line: "<ms> <event>[ <detail>]";
+--                          never a code, a link or an address. Created with the email (its
+--                          lifetime starts then); each later move APPENDs a line
+--   <base>:index   list    "<id> <address hash>" of every traced email, newest first: the
+--                          count cap (the oldest trace goes as a new one comes), and what
+--                          a search by address reads
+-- One command per move (APPEND), two or four per enqueue: cheap enough to be always on.
+-- A trace starts with its email's enqueue (or a replay, a new life); a move of an email
+-- whose trace is gone writes nothing.
 -- Best effort (pcall): a trace key Redis refuses never fails the move it records.
 local trace_now = nil
 local function trace_ms()
@@ -19,7 +22,11 @@ end
 -- The id of a task message: its headers' "id" (the body is base64, so no other "id" key
 -- is in the text); nil for anything that is not an email's message.
 local function trace_id(item)
-  return string.match(item, '"id": ?"([^"]+)"')
+  local at = string.find(item, '"id":"', 1, true)
+  if not at then return string.match(item, '"id": "([^"]+)"') end
+  local stop = string.find(item, '"', at + 6, true)
+  if not stop then return nil end
+  return string.sub(item, at + 6, stop - 1)
 end
 local function lane_label(lane)
   if string.sub(lane, -5) == ':bulk' then return 'bulk' end
@@ -28,26 +35,24 @@ end
 local function trace(base, ttl, id, event)
   if ttl <= 0 or not id then return end
   local key = base .. ':' .. id
-  redis.pcall('RPUSH', key, trace_ms() .. ' ' .. event)
-  redis.pcall('LTRIM', key, -TRACE_EVENTS_KEPT, -1)
-  redis.pcall('PEXPIRE', key, ttl)
+  local line = trace_ms() .. ' ' .. event .. '\n'
+  local size = redis.pcall('APPEND', key, line)
+  if size == #line then
+    -- No trace was there (it expired, or the count cap dropped it): it stays gone, so
+    -- that no trace outlives its lifetime or the cap.
+    redis.pcall('DEL', key)
+  elseif type(size) == 'number' and size > TRACE_BYTES_KEPT then
+    redis.pcall('SET', key, string.sub(redis.call('GET', key), -TRACE_BYTES_KEPT), 'KEEPTTL')
+  end
 end
 local function trace_new(base, ttl, most, id, to_hash, event)
   if ttl <= 0 then return end
-  local index = base .. ':index'
-  redis.pcall('ZADD', index, trace_ms(), id)
-  local count = redis.pcall('ZCARD', index)
+  redis.pcall('SET', base .. ':' .. id, trace_ms() .. ' ' .. event .. '\n', 'PX', ttl)
+  local count = redis.pcall('LPUSH', base .. ':index', id .. ' ' .. to_hash)
   if type(count) == 'number' and count > most then
-    local oldest = redis.pcall('ZPOPMIN', index, math.min(count - most, 10))
-    if type(oldest) == 'table' and not oldest.err then
-      for i = 1, #oldest, 2 do redis.pcall('DEL', base .. ':' .. oldest[i]) end
+    local oldest = redis.pcall('RPOP', base .. ':index')
+    if type(oldest) == 'string' then
+      redis.pcall('DEL', base .. ':' .. string.match(oldest, '^(%S+)'))
     end
   end
-  if to_hash ~= '' then
-    local to = base .. ':to:' .. to_hash
-    redis.pcall('ZADD', to, trace_ms(), id)
-    redis.pcall('ZREMRANGEBYRANK', to, 0, -(TRACE_PER_ADDRESS + 1))
-    redis.pcall('PEXPIRE', to, ttl)
-  end
-  trace(base, ttl, id, event)
 end
