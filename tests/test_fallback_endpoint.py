@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -26,9 +27,23 @@ OUTAGE_SECONDS = 60
 FALLBACK_AUTH = "Key fallback-secret-4be1"
 
 
+class Provider(Endpoint):
+    """The test endpoint with a listen backlog like a real API's (nginx: 511). Python's
+    default of 5 makes a burst of new connections (every email in flight failing over at
+    once) look like an outage: connections the server has not accepted yet time out."""
+
+    def _listen(self, port: int) -> None:
+        previous = ThreadingHTTPServer.request_queue_size
+        ThreadingHTTPServer.request_queue_size = 1024
+        try:
+            super()._listen(port)
+        finally:
+            ThreadingHTTPServer.request_queue_size = previous
+
+
 @pytest.fixture
 def fallback() -> Iterator[Endpoint]:
-    server = Endpoint()
+    server = Provider()
     yield server
     server.close()
 
