@@ -10,7 +10,9 @@ import random
 import signal
 import threading
 import time
+import socket
 from collections.abc import Iterator
+from typing import Any
 from http.server import ThreadingHTTPServer
 
 import httpx
@@ -28,9 +30,13 @@ FALLBACK_AUTH = "Key fallback-secret-4be1"
 
 
 class Provider(Endpoint):
-    """The test endpoint with a listen backlog like a real API's (nginx: 511). Python's
-    default of 5 makes a burst of new connections (every email in flight failing over at
-    once) look like an outage: connections the server has not accepted yet time out."""
+    """The test endpoint as a real provider behaves:
+
+    - its listen backlog is a real API's (nginx: 511), where Python's default of 5 makes a
+      burst of new connections (every email in flight failing over at once) look like an
+      outage: connections the server has not accepted yet time out;
+    - `go_down` is a crash: the keep-alive connections already open die with it (the
+      plain test endpoint only stops listening, and goes on answering on them)."""
 
     def _listen(self, port: int) -> None:
         previous = ThreadingHTTPServer.request_queue_size
@@ -39,6 +45,30 @@ class Provider(Endpoint):
             super()._listen(port)
         finally:
             ThreadingHTTPServer.request_queue_size = previous
+        self.connections: list[socket.socket] = []
+        accept = self.server.get_request
+
+        def get_request() -> tuple[socket.socket, Any]:
+            connection, address = accept()
+            self.connections.append(connection)
+            return connection, address
+
+        self.server.get_request = get_request  # type: ignore[method-assign]
+
+    def go_down(self) -> None:
+        super().go_down()
+        for connection in self.connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
+
+
+@pytest.fixture
+def primary() -> Iterator[Endpoint]:
+    server = Provider()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -48,13 +78,21 @@ def fallback() -> Iterator[Endpoint]:
     server.close()
 
 
-def with_fallback(env: dict[str, str], fallback: Endpoint, **more: str) -> dict[str, str]:
-    return {**env, "EMAILQ_FALLBACK_ENDPOINT_URL": fallback.url, "EMAILQ_FALLBACK_ENDPOINT_AUTHORIZATION": FALLBACK_AUTH, **more}
+def with_fallback(env: dict[str, str], primary: Endpoint, fallback: Endpoint, **more: str) -> dict[str, str]:
+    return {
+        **env,
+        "EMAILQ_ENDPOINT_URL": primary.url,
+        "EMAILQ_FALLBACK_ENDPOINT_URL": fallback.url,
+        "EMAILQ_FALLBACK_ENDPOINT_AUTHORIZATION": FALLBACK_AUTH,
+        **more,
+    }
 
 
 def invitations(start: int, count: int = BULK) -> list[dict]:
     """Bulk-lane emails (OrganizationInvitation), the kind queued by the thousand."""
-    return [{"to": f"user{i}@example.com", "type": "OrganizationInvitation", "payload": {"link": f"https://x/i/{i}"}} for i in range(start, start + count)]
+    return [
+        {"to": f"user{i}@example.com", "type": "OrganizationInvitation", "payload": {"link": f"https://x/i/{i}"}} for i in range(start, start + count)
+    ]
 
 
 def code(i: int) -> dict:
@@ -82,11 +120,11 @@ def bound(healthy: float) -> float:
     return max(3 * healthy, healthy + 10)
 
 
-def test_a_primary_refusing_for_60s_costs_nothing_but_the_fallbacks_time(producer, endpoint, fallback, start_worker, redis_client, defaults_env):
-    worker = start_worker(env=with_fallback(defaults_env, fallback))
-    healthy = time_to_deliver(producer, (endpoint,), invitations(0))
+def test_a_primary_refusing_for_60s_costs_nothing_but_the_fallbacks_time(producer, primary, fallback, start_worker, redis_client, defaults_env):
+    worker = start_worker(env=with_fallback(defaults_env, primary, fallback))
+    healthy = time_to_deliver(producer, (primary,), invitations(0))
 
-    endpoint.go_down()
+    primary.go_down()
     down = time.monotonic()
     sent = time.time()
     ids = set(producer.send_many(invitations(BULK)))
@@ -115,24 +153,24 @@ def test_a_primary_refusing_for_60s_costs_nothing_but_the_fallbacks_time(produce
     assert redis_client.zcard(KEYS.dlq_index) == 0, "none dead-lettered"
     assert "sending every email to the fallback" in worker.output()
 
-    endpoint.come_back()
+    primary.come_back()
     back = time.monotonic()
     again: list[str] = []
-    while not (set(again) & delivered(endpoint)):
+    while not (set(again) & delivered(primary)):
         assert time.monotonic() - back < 10, "new emails reach the primary again within 10 s"
         again.append(producer.send(SIGN_IN))
         time.sleep(0.2)
     print(f"primary back: new emails reach it again after {time.monotonic() - back:.1f}s")
     assert "primary endpoint answered again" in worker.output()
-    wait_for(lambda: set(again) <= delivered(endpoint, fallback), 20, "every email sent meanwhile delivered")
+    wait_for(lambda: set(again) <= delivered(primary, fallback), 20, "every email sent meanwhile delivered")
     assert_one_home(redis_client)
 
 
-def test_a_primary_that_never_answers_is_left_once_its_breaker_opens(producer, endpoint, fallback, start_worker, redis_client, defaults_env):
-    worker = start_worker(env=with_fallback(defaults_env, fallback))
-    healthy = time_to_deliver(producer, (endpoint,), invitations(0))
+def test_a_primary_that_never_answers_is_left_once_its_breaker_opens(producer, primary, fallback, start_worker, redis_client, defaults_env):
+    worker = start_worker(env=with_fallback(defaults_env, primary, fallback))
+    healthy = time_to_deliver(producer, (primary,), invitations(0))
 
-    endpoint.behave = lambda headers, body: Reply(503, delay=60)  # accepts, reads, never answers in time
+    primary.behave = lambda headers, body: Reply(503, delay=60)  # accepts, reads, never answers in time
     started = time.monotonic()
     sent = time.time()
     ids = set(producer.send_many(invitations(BULK)))
@@ -151,17 +189,17 @@ def test_a_primary_that_never_answers_is_left_once_its_breaker_opens(producer, e
     assert redis_client.zcard(KEYS.dlq_index) == 0
 
 
-def test_a_primary_failing_a_third_of_requests(producer, endpoint, fallback, start_worker, redis_client, defaults_env):
-    worker = start_worker(env=with_fallback(defaults_env, fallback))
-    healthy = time_to_deliver(producer, (endpoint,), [code(i) for i in range(BULK)])
+def test_a_primary_failing_a_third_of_requests(producer, primary, fallback, start_worker, redis_client, defaults_env):
+    worker = start_worker(env=with_fallback(defaults_env, primary, fallback))
+    healthy = time_to_deliver(producer, (primary,), [code(i) for i in range(BULK)])
     rng, lock = random.Random(7), threading.Lock()
 
     def flaky(headers: dict[str, str], body: bytes) -> Reply:
         with lock:
             return Reply(503) if rng.random() < 1 / 3 else Reply(200)
 
-    endpoint.behave = flaky
-    most = time_to_deliver(producer, (endpoint, fallback), [code(BULK + i) for i in range(BULK)], share=0.95)
+    primary.behave = flaky
+    most = time_to_deliver(producer, (primary, fallback), [code(BULK + i) for i in range(BULK)], share=0.95)
     failed_over = len(fallback.delivered_keys())
     print(f"healthy: {healthy:.2f}s; 95% with a third failing on the primary: {most:.2f}s; {failed_over} delivered by the fallback")
     assert most <= 1.5 * healthy
@@ -170,10 +208,10 @@ def test_a_primary_failing_a_third_of_requests(producer, endpoint, fallback, sta
     assert "primary endpoint looks down" not in worker.output()
 
 
-def test_both_down_then_both_back_loses_nothing(producer, endpoint, fallback, start_worker, redis_client, defaults_env):
-    endpoint.go_down()
+def test_both_down_then_both_back_loses_nothing(producer, primary, fallback, start_worker, redis_client, defaults_env):
+    primary.go_down()
     fallback.go_down()
-    worker = start_worker(env=with_fallback(defaults_env, fallback))
+    worker = start_worker(env=with_fallback(defaults_env, primary, fallback))
     ids = set(producer.send_many([SIGN_IN] * 1000))
     time.sleep(20)
     now = assert_one_home(redis_client).census
@@ -181,32 +219,32 @@ def test_both_down_then_both_back_loses_nothing(producer, endpoint, fallback, st
     assert now.in_flight <= 1, "emails wait in Redis, not in the worker's threads"
     assert "no endpoint answers, taking no more emails" in worker.output()
 
-    endpoint.come_back()
+    primary.come_back()
     fallback.come_back()
-    wait_for(lambda: delivered(endpoint, fallback) >= ids, 60, "all 1000 delivered", interval=0.5)
+    wait_for(lambda: delivered(primary, fallback) >= ids, 60, "all 1000 delivered", interval=0.5)
     assert redis_client.zcard(KEYS.dlq_index) <= 5
     assert "resuming deliveries" in worker.output()
     assert_one_home(redis_client)
 
 
 def test_an_email_goes_to_the_fallback_whole_and_each_attempt_names_its_endpoint(
-    settings_env, producer, endpoint, fallback, start_worker, redis_client, tmp_path
+    settings_env, producer, primary, fallback, start_worker, redis_client, tmp_path
 ):
     # settings_env's quick retries (3 attempts, 0.05 s backoff), only to save time.
-    def primary(headers: dict[str, str], body: bytes) -> Reply:
+    def primary_says(headers: dict[str, str], body: bytes) -> Reply:
         return Reply(422, b"unknown template") if json.loads(body)["type"] == "Register" else Reply(503)
 
-    endpoint.behave = primary
+    primary.behave = primary_says
     fallback.behave = lambda headers, body: Reply(503) if b"always@" in body else Reply(202)
     port = free_port()
-    env = with_fallback(settings_env, fallback, EMAILQ_METRICS_PORT=str(port), EMAILQ_ENDPOINT_AUTHORIZATION="Bearer primary-token")
+    env = with_fallback(settings_env, primary, fallback, EMAILQ_METRICS_PORT=str(port), EMAILQ_ENDPOINT_AUTHORIZATION="Bearer primary-token")
     start_worker(env=env)
     good = producer.send(SIGN_IN)
     rejected = producer.send({"to": "a@example.com", "type": "Register", "payload": {"code": "1"}})
     failing = producer.send({"to": "always@example.com", "type": "SignIn", "payload": {"code": "2"}})
     wait_for(lambda: redis_client.zcard(KEYS.dlq_index) == 2 and good in fallback.delivered_keys(), 30, "one delivered, two dead-lettered")
 
-    (on_primary,), (on_fallback,) = endpoint.requests_for(good), fallback.requests_for(good)
+    (on_primary,), (on_fallback,) = primary.requests_for(good), fallback.requests_for(good)
     assert on_fallback.body == on_primary.body and on_fallback.key == on_primary.key == good
     assert on_primary.headers["authorization"] == "Bearer primary-token" and on_fallback.headers["authorization"] == FALLBACK_AUTH
 
@@ -228,19 +266,19 @@ def test_an_email_goes_to_the_fallback_whole_and_each_attempt_names_its_endpoint
     assert FALLBACK_AUTH not in status.stdout + metrics
 
 
-def test_fallback_only_sends_nothing_to_the_primary(producer, endpoint, fallback, start_worker, defaults_env):
-    start_worker(env=with_fallback(defaults_env, fallback, EMAILQ_FALLBACK_ONLY="true"))
+def test_fallback_only_sends_nothing_to_the_primary(producer, primary, fallback, start_worker, defaults_env):
+    start_worker(env=with_fallback(defaults_env, primary, fallback, EMAILQ_FALLBACK_ONLY="true"))
     ids = set(producer.send_many([code(i) for i in range(50)]))
     wait_for(lambda: delivered(fallback) >= ids, 20, "all delivered through the fallback")
-    assert endpoint.received == []
+    assert primary.received == []
 
 
-def test_sigterm_still_exits_within_15s_when_neither_endpoint_answers(producer, endpoint, fallback, start_worker, redis_client, defaults_env):
+def test_sigterm_still_exits_within_15s_when_neither_endpoint_answers(producer, primary, fallback, start_worker, redis_client, defaults_env):
     # A POST in flight at SIGTERM may run its whole request timeout (10 s); no failover
     # POST begins after it, or the stop would take twice that.
-    endpoint.behave = lambda headers, body: Reply(503, delay=60)
+    primary.behave = lambda headers, body: Reply(503, delay=60)
     fallback.behave = lambda headers, body: Reply(503, delay=60)
-    env = with_fallback(defaults_env, fallback)
+    env = with_fallback(defaults_env, primary, fallback)
     worker = start_worker(env=env)
     ids = set(producer.send_many([code(i) for i in range(300)]))
     time.sleep(3)
@@ -252,11 +290,11 @@ def test_sigterm_still_exits_within_15s_when_neither_endpoint_answers(producer, 
     assert took < 15
     assert fallback.received == [], "no failover POST began after the stop"
 
-    endpoint.behave = lambda headers, body: Reply(200)
+    primary.behave = lambda headers, body: Reply(200)
     start_worker(env=env)
 
     def accounted() -> bool:
-        return delivered(endpoint, fallback) | {e.id for e in DeadLetters(redis_client, KEYS).list()} >= ids
+        return delivered(primary, fallback) | {e.id for e in DeadLetters(redis_client, KEYS).list()} >= ids
 
     wait_for(accounted, 60, "every email delivered or dead-lettered", interval=0.2)
     assert_one_home(redis_client)
