@@ -93,10 +93,11 @@ class Runtime:
 
 
 def _stopping() -> bool:
-    """Whether Celery began a warm or cold shutdown (its signal handlers set these)."""
+    """Whether Celery began a warm or cold shutdown: its signal handlers set these to the
+    exit code, 0 included (so not a truth test: Celery's own `maybe_shutdown` reads them so)."""
     from celery.worker import state
 
-    return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
 _runtime: Runtime | None = None
