@@ -69,12 +69,13 @@ def measure(redis_server: RedisServer, workdir: Path, db: int, emails: int, log:
         down_rate = _burst(worker, fallback, emails)
         down_codes = _codes(worker, fallback, emails)
         log(f"{KEY:28} primary down: {down_rate:6.0f}/s, codes p50 {median(down_codes) * 1000:.0f} ms, max {max(down_codes) * 1000:.0f} ms")
-        opened = "sending every email to the fallback" in worker.proc.tail(2000)
     finally:
         worker.stop()
         primary.stop()
         fallback.stop()
         redis_server.client(db).flushdb()
+    # Read once the worker stopped: its log is written in blocks.
+    opened = worker.proc is not None and "sending every email to the fallback" in worker.proc.tail(100000)
     return {
         "latency_ms": LATENCY_MS,
         "emails": emails,
