@@ -18,7 +18,7 @@ from http.server import ThreadingHTTPServer
 import httpx
 import pytest
 from conftest import Endpoint, Reply, run_emailq, wait_for
-from helpers import KEYS, SIGN_IN, assert_one_home, free_port, sign_in_waits
+from helpers import FLOWER_AUTH, KEYS, SIGN_IN, assert_one_home, free_port, running_flower, sign_in_waits
 
 from emailq.worker.places.dead_letters import DeadLetters
 
@@ -255,6 +255,9 @@ def test_an_email_goes_to_the_fallback_whole_and_each_attempt_names_its_endpoint
     assert [a["endpoint"] for a in entry.history] == ["primary", "fallback", "primary", "fallback"]
     shown = json.loads(run_emailq(["dlq", "show", failing], env, tmp_path).stdout)
     assert [a["endpoint"] for a in shown["history"]] == ["primary", "fallback", "primary", "fallback"]
+    with running_flower(env, tmp_path) as flower:
+        page = httpx.get(f"{flower}/dead-letters/entry/{failing}", auth=FLOWER_AUTH).text
+    assert page.count("503 (primary)") == 2 and page.count("503 (fallback)") == 2, "the dead letter page names each attempt's endpoint"
 
     status = run_emailq(["status"], env, tmp_path)
     assert "primary closed, fallback closed: sending to primary" in status.stdout, status.stdout
