@@ -301,3 +301,17 @@ def test_sigterm_still_exits_within_15s_when_neither_endpoint_answers(producer, 
 
     wait_for(accounted, 60, "every email delivered or dead-lettered", interval=0.2)
     assert_one_home(redis_client)
+
+
+def test_a_429_from_the_primary_goes_to_the_fallback_instead_of_slowing_the_cluster(
+    producer, primary, fallback, start_worker, redis_client, defaults_env
+):
+    primary.behave = lambda headers, body: Reply(429, headers={"Retry-After": "30"})
+    start_worker(env=with_fallback(defaults_env, primary, fallback, EMAILQ_RATE_LIMIT="100"))
+    ids = set(producer.send_many([code(i) for i in range(100)]))
+    wait_for(lambda: delivered(fallback) >= ids, 20, "all delivered through the fallback")
+    assert not redis_client.exists(KEYS.rate_slowdown), "the rate limit's pace is not halved"
+    # Only the endpoint whose answer decides slows the cluster: both answering 429 does.
+    fallback.behave = primary.behave
+    producer.send(SIGN_IN)
+    wait_for(lambda: redis_client.exists(KEYS.rate_slowdown), 20, "the slowdown after the fallback's 429")
