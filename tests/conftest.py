@@ -32,6 +32,15 @@ for _name in [n for n in os.environ if n.startswith("EMAILQ_")]:
     del os.environ[_name]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--model-examples",
+        type=int,
+        default=200,
+        help="runs of the state machine model (tests/test_state_model.py), each up to 30 steps; raise it for a longer search",
+    )
+
+
 class RedisServer:
     """A redis-server of the tests' own, on a free port, with AOF on; can be killed."""
 

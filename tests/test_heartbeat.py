@@ -180,7 +180,7 @@ def test_a_worker_taken_for_dead_lets_go_of_what_it_took_and_carries_on(producer
     # heartbeat lapsing, another worker reclaiming the list, this worker waking up.
     runtime = Runtime(settings_from(settings_env))
     heartbeat, in_flight = Heartbeat(runtime), runtime.in_flight
-    take = runtime.redis.register_script(TAKE)
+    take = runtime.redis.register_script(TAKE.source)
 
     def take_onto(owner: str) -> list[bytes]:
         """A take run in Redis; what it returns is recorded (or not) by the caller."""

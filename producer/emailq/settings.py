@@ -216,6 +216,12 @@ class Settings(BaseSettings):
     dlq_max_entries: int = Field(default=10000, ge=0)
     dlq_max_age_seconds: float = Field(default=604800, ge=0)
 
+    # Every email's whereabouts and attempts (`emailq trace`), kept this long after its
+    # last move, for at most this many emails (the oldest go first): bounded, so that it
+    # never fills a Redis running with noeviction. 0 seconds turns the trace off.
+    trace_seconds: float = Field(default=86400, ge=0)
+    trace_max_emails: int = Field(default=100_000, ge=1)
+
     # Operations.
     flower_basic_auth: SecretStr | None = None
     ingest_authorization: SecretStr | None = None

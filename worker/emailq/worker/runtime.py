@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from emailq.store.keys import Keys
+from emailq.store.trace import TraceLimits
 from emailq.store.redis_client import redis_client
 from emailq.settings import Settings, get_settings
 from emailq.worker import metrics
@@ -56,13 +57,15 @@ class Runtime:
             max_connections=max(settings.concurrency, _pool_threads) + SPARE_CONNECTIONS,
         )
         keys = Keys.of(settings)
-        self.in_flight = InFlight(self.redis, settings.redis_key_prefix)
-        self.schedule = RetrySchedule(self.redis, keys)
+        trace = TraceLimits.of(settings)
+        self.in_flight = InFlight(self.redis, settings.redis_key_prefix, trace=trace)
+        self.schedule = RetrySchedule(self.redis, keys, trace=trace)
         self.dead_letters = DeadLetters(
             self.redis,
             keys,
             max_entries=settings.dlq_max_entries,
             max_age_seconds=settings.dlq_max_age_seconds,
+            trace=trace,
         )
         # One endpoint: the breaker counts failed attempts per email, as it always has.
         # With a fallback, each endpoint's breaker is judged on its own POSTs, and this

@@ -137,7 +137,8 @@ def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> No
             retry = retry.after(attempt)
         # Back to the lane it came from (the task message's routing key says which).
         message = task_message(retry, taken.lane)
-        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
+        why = _why(envelope.attempts, outcome)
+        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0, why)):
             metrics.RETRIED.labels(outcome.endpoint).inc()
             log.info(
                 "attempt %d of %s failed (%s%s): retrying in %.1fs",
@@ -159,7 +160,8 @@ def _give_back_for_a_newer_worker(task: Any, taken: Taken, version: int) -> None
     rt = runtime.get()
     rt.breaker.skipped()
     delay = NEWER_FORMAT_RETRY_SECONDS
-    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay)):
+    why = f"envelope format {version}, for an upgraded worker"
+    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay, why)):
         log.warning(
             "%s is in envelope format %d, newer than this worker's %d: back to its lane in %ds for an upgraded worker (upgrade this one)",
             task.request.id,
@@ -194,6 +196,16 @@ def _settle(taken: Taken, what: str, move: Callable[[Taken], bool]) -> bool:
             log.warning("%s was taken back from this worker before its outcome was written", t.message_id)
 
     return runtime.get().in_flight.move(taken, what, step) and moved[-1]
+
+
+def _why(before: int, outcome: Outcome) -> str:
+    """What `emailq trace` shows of a retry: each attempt of this delivery (two when it
+    failed over), its number, what it met and, with a fallback, which endpoint."""
+    parts = []
+    for number, attempt in enumerate(outcome.attempts, start=before + 1):
+        met = f"HTTP {attempt['status']}" if attempt.get("status") is not None else str(attempt.get("error", "")).partition(":")[0][:80]
+        parts.append(f"attempt {number}: {met}" + (f" from the {attempt['endpoint']}" if "endpoint" in attempt else ""))
+    return "; ".join(parts)
 
 
 def _by(outcome: Outcome, word: str = " by the ") -> str:

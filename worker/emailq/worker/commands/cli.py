@@ -19,6 +19,7 @@ from emailq.store.keys import Keys
 from emailq.store.redis_client import primary_address
 from emailq.settings import Settings, get_settings
 from emailq.worker.commands.dlq import dlq
+from emailq.worker.commands.trace import trace
 
 MAX_PROBLEMS_SHOWN = 1000
 
@@ -37,6 +38,7 @@ def cli(lifeline: int | None) -> None:
 
 
 cli.add_command(dlq)
+cli.add_command(trace)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -49,7 +51,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     settings = get_settings()
     if settings.endpoint_url is None:
         raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
-    _require_blmove(settings)
+    _require_redis_6_2(settings)
     from emailq.worker.celery_glue.app import app
 
     argv = [
@@ -64,7 +66,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     app.worker_main(argv)
 
 
-def _require_blmove(settings: Settings) -> None:
+def _require_redis_6_2(settings: Settings) -> None:
     import redis
 
     try:
@@ -72,7 +74,7 @@ def _require_blmove(settings: Settings) -> None:
     except redis.RedisError:
         return  # unreachable for now: the worker waits for it and says so
     if tuple(int(part) for part in version.split(".")[:2]) < (6, 2):
-        # The worker pops with BLMOVE, which came in Redis 6.2.
+        # The moves use LMOVE and LPOS (emailq/store/lua), which came in Redis 6.2.
         raise ConfigError(f"EMAILQ_REDIS_URL: the worker needs Redis 6.2 or newer; this one is {version}")
 
 

@@ -1,0 +1,110 @@
+"""Where an email is and every attempt it had: `emailq trace` and the dead letters page's
+search read what the moves' scripts wrote (`lua/trace.lua`), in the same step as each move.
+
+An email's trace is a list of events, oldest first, each `<ms> <event>[ <detail>]` on
+Redis's clock: `queued <lane>`, `taken <owner>`, `delivered`, `retry <due ms> <why>`,
+`due <lane>`, `given-back <lane>`, `reclaimed <lane> from <owner>`, `dead <why>`,
+`replayed <lane>`, `purged`. No code, link or address is ever in it: an address is found
+through the hash of it (`address_hash`), and the events say only which step, when, and
+what the endpoint answered (a status, or the kind of error).
+
+It is bounded twice, so that it never fills a Redis running with `noeviction`: each key
+lives `EMAILQ_TRACE_SECONDS` after its last write, and beyond `EMAILQ_TRACE_MAX_EMAILS`
+emails the oldest traces are dropped as new ones come.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import redis
+
+from emailq.store.keys import Keys
+
+if TYPE_CHECKING:
+    from emailq.settings import Settings
+
+
+@dataclass(frozen=True)
+class TraceLimits:
+    """What the moves' scripts are told: how long a trace lives (ms; 0: off), and how
+    many emails are traced at most."""
+
+    ms: int
+    most: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> TraceLimits:
+        return cls(int(settings.trace_seconds * 1000), settings.trace_max_emails)
+
+    @classmethod
+    def default(cls) -> TraceLimits:
+        from emailq.settings import Settings
+
+        fields = Settings.model_fields
+        return cls(int(cast(float, fields["trace_seconds"].default) * 1000), cast(int, fields["trace_max_emails"].default))
+
+
+def address_hash(address: str) -> str:
+    """What the trace knows of an address: a hash of it, case aside."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float  # seconds, Redis's clock
+    what: str  # queued, taken, delivered, retry, due, given-back, reclaimed, dead, replayed, purged
+    detail: str
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Event:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        ms, _, rest = text.partition(" ")
+        what, _, detail = rest.partition(" ")
+        return cls(int(ms) / 1000, what, detail)
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    message_id: str
+    events: list[Event]
+
+    @property
+    def now(self) -> str:
+        """Where the email is now, in words, from its last event."""
+        if not self.events:
+            return "unknown"
+        last = self.events[-1]
+        if last.what in ("queued", "due", "given-back", "replayed"):
+            return f"queued on the {last.detail} lane"
+        if last.what == "reclaimed":
+            return f"queued on the {last.detail.split(' ')[0]} lane (reclaimed from a dead worker)"
+        if last.what == "taken":
+            return f"in flight on worker {last.detail}"
+        if last.what == "retry":
+            due, _, _ = last.detail.partition(" ")
+            return f"scheduled for a retry at {int(due) / 1000:.3f}"
+        if last.what == "dead":
+            return "in the dead-letter queue"
+        return last.what  # delivered, purged
+
+
+class Trace:
+    """The trace of the queue whose keys are `keys` (read only: the moves write it)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.redis = client
+        self.keys = keys
+
+    def of(self, message_id: str) -> Whereabouts | None:
+        """The email's trace; None when it has none (never traced, or it expired)."""
+        raw = cast(list[bytes], self.redis.lrange(self.keys.trace_of(message_id), 0, -1))
+        return Whereabouts(message_id, [Event.parse(r) for r in raw]) if raw else None
+
+    def sent_to(self, address: str) -> list[Whereabouts]:
+        """The traced emails sent to `address`, newest first."""
+        ids = [i.decode() for i in cast(list[bytes], self.redis.zrevrange(self.keys.trace_to(address_hash(address)), 0, -1))]
+        found = (self.of(i) for i in ids)
+        return [w for w in found if w is not None]
