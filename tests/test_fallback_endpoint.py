@@ -255,6 +255,8 @@ def test_an_email_goes_to_the_fallback_whole_and_each_attempt_names_its_endpoint
     assert [a["endpoint"] for a in entry.history] == ["primary", "fallback", "primary", "fallback"]
     shown = json.loads(run_emailq(["dlq", "show", failing], env, tmp_path).stdout)
     assert [a["endpoint"] for a in shown["history"]] == ["primary", "fallback", "primary", "fallback"]
+    traced = run_emailq(["trace", failing], env, tmp_path).stdout
+    assert "attempt 1: HTTP 503 from the primary; attempt 2: HTTP 503 from the fallback" in traced, traced
     with running_flower(env, tmp_path) as flower:
         page = httpx.get(f"{flower}/dead-letters/entry/{failing}", auth=FLOWER_AUTH).text
     assert page.count("503 (primary)") == 2 and page.count("503 (fallback)") == 2, "the dead letter page names each attempt's endpoint"
