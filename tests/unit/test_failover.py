@@ -207,3 +207,22 @@ def test_settings_refuse_a_fallback_equal_to_the_primary_or_set_without_a_url():
         settings(fallback_endpoint_url="ftp://x/y")
     # A worker holds one email for two POSTs at most: the visibility backstop covers both.
     assert settings().longest_delivery_seconds() == 3 * settings().request_timeout
+
+
+def test_a_stopping_worker_starts_no_failover_post():
+    # SIGTERM must end a worker within one request timeout: the primary's POST in flight
+    # may run to its end, but no second POST begins; the primary's failure stands.
+    s = settings()
+    client = RoutedClient()
+    client.next = {URL: refused(), FALLBACK_URL: None}
+    deliverer = Deliverer(s, client=client, failover=Failover(THRESHOLD, PROBE), stopping=lambda: True)
+    outcome = deliverer.deliver(Envelope.wrap(Email.model_validate(EMAIL), 900))
+    assert outcome.retry_in is not None and outcome.endpoint == "primary" and len(client.sent) == 1
+
+
+def test_an_endpoints_repr_shows_no_secret():
+    from emailq.worker.delivery import endpoints
+
+    s = settings(fallback_endpoint_authorization="Key fallback-token", fallback_signing_secret=SECRET)
+    shown = repr(endpoints.fallback(s))
+    assert "fallback-token" not in shown and SECRET.removeprefix("whsec_") not in shown and FALLBACK_URL in shown
