@@ -345,7 +345,7 @@ def markdown(data: dict) -> str:
             f"endpoints of {row['latency_ms']:g} ms in processes of their own; {row['emails']:,} bulk emails at once (from the "
             f"enqueue to the last 2xx), then {row['codes']} sign-in codes one at a time behind as many bulk ones; first with both "
             "up (on the primary), then with the primary's process killed (on the fallback, without a restart: the worker "
-            "fails over on its own)."
+            "fails over on its own). One run of each, not the reps' median."
         )
     return "\n".join(lines) + "\n"
 
