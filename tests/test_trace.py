@@ -9,7 +9,12 @@ from conftest import Reply, run_emailq, settings_from
 from helpers import KEYS, SIGN_IN, wait_for
 
 from emailq.enqueue import Producer
-from emailq.store.trace import Trace, address_hash
+from emailq.store.moves import Moves
+from emailq.store.trace import Trace, TraceLimits, address_hash
+from emailq.worker.places.taking import TAKE, Taker
+
+# What docs/operations.md says a traced, delivered email costs Redis at most (bytes).
+TRACE_BYTES_PER_EMAIL = 600
 
 
 def _trace(env, tmp_path, what: str) -> list[dict]:
@@ -95,3 +100,36 @@ def test_an_unknown_id_is_one_line(settings_env, redis_client, tmp_path):
     result = run_emailq(["trace", "no-such-id"], settings_env, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "emailq: no trace of no-such-id (traces are kept 86400s, for the newest 100000 emails)"
+
+
+def _deliver_all(client, env: dict[str, str], n: int) -> None:
+    """`n` emails queued, taken and acked through the moves, as a worker does (no POST)."""
+    settings = settings_from(env)
+    producer = Producer(settings)
+    for start in range(0, n, 500):
+        producer.send_many([SIGN_IN] * min(500, n - start))
+    producer.close()
+    moves = Moves(client, KEYS, TraceLimits.of(settings))
+    taker = Taker(KEYS, "w1", None, 10, TraceLimits.of(settings).ms)
+    take = client.register_script(TAKE.source)
+    moves.register("w1", 60_000)
+    while True:
+        keys, args = taker.args(16)
+        reply = take(keys=keys, args=args)
+        if reply[0] != 1:
+            return
+        moves.ack(KEYS.inflight("w1"), reply[2::2])
+
+
+def test_a_day_of_traces_fits_the_memory_the_docs_state(settings_env, redis_client):
+    # docs/operations.md states the memory a traced email needs; this is where it comes from.
+    n = 5000
+    used = {}
+    for seconds in ("0", "86400"):
+        redis_client.flushall()
+        before = redis_client.info("memory")["used_memory"]
+        _deliver_all(redis_client, {**settings_env, "EMAILQ_TRACE_SECONDS": seconds}, n)
+        used[seconds] = redis_client.info("memory")["used_memory"] - before
+    per_email = (used["86400"] - used["0"]) / n
+    print(f"trace memory per delivered email: {per_email:.0f} bytes")
+    assert 100 < per_email < TRACE_BYTES_PER_EMAIL
