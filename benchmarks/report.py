@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import flow
+from benchmarks import flow, outage
 from benchmarks.harness import median
 
 ORDER = ("naive", "floor-prefork", "floor-threads", "arq", "emailq")
@@ -299,6 +299,7 @@ def markdown(data: dict) -> str:
         *(failing_table(data["failing"]) + [""] if data.get("failing") else []),
         *(trace_table(data["trace"], cost) + [""] if data.get("trace") else []),
         *(flow_table(priority, rate) + [""] if priority or rate else []),
+        *(outage.table(data["outage"]) + [""] if data.get("outage") else []),
         *(enqueue_table(enqueue) + [""] if enqueue else []),
         *(ingest_table(ingest) + [""] if ingest else []),
         *(redis_cost_table(cost) + [""] if cost else []),
@@ -356,6 +357,15 @@ def markdown(data: dict) -> str:
             "to the last answer; busiest window: the most requests the endpoint answered in any 1 s (it "
             "answers every request 200, so requests = deliveries); the median pace and the worst window "
             "over the reps; the workers' CPU per rep in `results/latest.json` shows each took part."
+        )
+    if data.get("outage"):
+        row = data["outage"]
+        lines.append(
+            f"- The primary endpoint down: one `emailq worker` with its defaults and `EMAILQ_FALLBACK_ENDPOINT_URL`, two "
+            f"endpoints of {row['latency_ms']:g} ms in processes of their own; {row['emails']:,} bulk emails at once (from the "
+            f"enqueue to the last 2xx), then {row['codes']} sign-in codes one at a time behind as many bulk ones; first with both "
+            "up (on the primary), then with the primary's process killed (on the fallback, without a restart: the worker "
+            "fails over on its own). One run of each, not the reps' median."
         )
     return "\n".join(lines) + "\n"
 

@@ -147,6 +147,8 @@ def status(as_json: bool, check: bool) -> None:
         report["primary"] = primary
     replies = app.control.ping(timeout=1.0) or []
     report["workers"] = sorted(name for reply in replies for name in reply)
+    if settings.fallback_endpoint_url is not None:
+        report["endpoints"] = _endpoints(app)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -158,6 +160,16 @@ def status(as_json: bool, check: bool) -> None:
     if primary is not None:
         click.echo(f"Redis primary: {primary} (Sentinel service {settings.redis_sentinel_master})")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
+    for worker, state in sorted(report.get("endpoints", {}).items()):
+        click.echo(f"{worker}: primary {state['primary']}, fallback {state['fallback']}: sending to {state['sending_to']}")
+
+
+def _endpoints(app: Any) -> dict[str, dict[str, str]]:
+    """Each worker's breakers and where it sends emails (`endpoint_control.py`)."""
+    from emailq.worker.celery_glue.endpoint_control import COMMAND
+
+    replies = app.control.broadcast(COMMAND, reply=True, timeout=1.0) or []
+    return {name: state for reply in replies for name, state in reply.items() if isinstance(state, dict) and "primary" in state}
 
 
 def _check(audit: census.Audit, as_json: bool) -> None:
