@@ -299,6 +299,7 @@ def test_a_dead_workers_newsletters_go_back_behind_codes_and_wake_workers(produc
     assert endpoint.delivered_keys() == codes[:2], "sign-in codes go ahead of a dead worker's newsletters"
     assert not set(newsletters) & set(endpoint.delivered_keys())
     assert b.process.poll() is None
+    assert_one_home(redis_client)
 
 
 def test_a_take_whose_reply_is_lost_is_delivered_within_seconds(producer, endpoint, start_worker, redis_client, redis_server, defaults_env):
