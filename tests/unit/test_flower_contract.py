@@ -79,6 +79,13 @@ def test_the_navbar_gets_the_dead_letters_link_after_broker():
 def test_every_emailq_template_compiles_over_flowers():
     loader = Templates(str(FLOWER_TEMPLATES))
     names = sorted(p.name for p in TEMPLATES.glob("*.html"))
-    assert names == ["dead_letter.html", "dead_letters.html", "dead_letters_action.html", "dead_letters_confirm.html"]
+    assert names == [
+        "dead_letter.html",
+        "dead_letters.html",
+        "dead_letters_action.html",
+        "dead_letters_confirm.html",
+        "trace_search.html",
+        "trace_search_form.html",
+    ]
     for name in [*names, "navbar.html", "broker.html"]:
         loader.load(name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -46,10 +47,22 @@ class TraceLimits:
         fields = Settings.model_fields
         return cls(int(cast(float, fields["trace_seconds"].default) * 1000), cast(int, fields["trace_max_emails"].default))
 
+    @property
+    def kept(self) -> str:
+        """How long, and for how many emails, a trace is kept: what a search that found
+        nothing says (`emailq trace` and the dead letters page)."""
+        kept = f"{self.ms / 1000:g}s" if self.ms else "nothing: EMAILQ_TRACE_SECONDS is 0"
+        return f"traces are kept {kept}, for the newest {self.most} emails"
+
 
 def address_hash(address: str) -> str:
     """What the trace knows of an address: a hash of it, case aside."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:32]
+
+
+def utc(seconds: float) -> str:
+    """A trace's time as `emailq trace` and the dead letters page show it: UTC, to the ms."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,18 @@ class Event:
     at: float  # seconds, Redis's clock
     what: str  # queued, taken, delivered, retry, due, given-back, reclaimed, dead, replayed, purged
     detail: str
+
+    @property
+    def when(self) -> str:
+        return utc(self.at)
+
+    @property
+    def said(self) -> str:
+        """The detail in words: a retry's due time (ms in the trace) as a time."""
+        if self.what == "retry":
+            due, _, why = self.detail.partition(" ")
+            return f"due {utc(int(due) / 1000)}  {why}"
+        return self.detail
 
     @classmethod
     def parse(cls, raw: bytes | str) -> Event:
@@ -85,10 +110,15 @@ class Whereabouts:
             return f"in flight on worker {last.detail}"
         if last.what == "retry":
             due, _, _ = last.detail.partition(" ")
-            return f"scheduled for a retry at {int(due) / 1000:.3f}"
+            return f"scheduled for a retry at {utc(int(due) / 1000)} UTC"
         if last.what == "dead":
             return "in the dead-letter queue"
         return last.what  # delivered, purged
+
+    @property
+    def dead(self) -> bool:
+        """Whether the email is a dead letter now."""
+        return bool(self.events) and self.events[-1].what == "dead"
 
 
 class Trace:
@@ -102,6 +132,14 @@ class Trace:
         """The email's trace; None when it has none (never traced, or it expired)."""
         raw = cast(list[bytes], self.redis.lrange(self.keys.trace_of(message_id), 0, -1))
         return Whereabouts(message_id, [Event.parse(r) for r in raw]) if raw else None
+
+    def find(self, id_or_address: str) -> list[Whereabouts]:
+        """The traced emails an operator asks for: the one with this id, or (an address,
+        any case) every one sent to it, newest first."""
+        if "@" in id_or_address:
+            return self.sent_to(id_or_address)
+        one = self.of(id_or_address)
+        return [one] if one else []
 
     def sent_to(self, address: str) -> list[Whereabouts]:
         """The traced emails sent to `address`, newest first."""
