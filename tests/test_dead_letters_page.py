@@ -306,6 +306,10 @@ def test_search_by_address_and_for_what_is_not_traced(flower, browser, producer,
     assert page.locator(".email").count() == 0
     search(page, "nobody@example.com")
     assert page.inner_text("#nothing-found").startswith("No trace of nobody@example.com:")
+    search(page, "<b>x</b>@example.com")  # shown as typed, never as markup
+    assert page.inner_text("#nothing-found").startswith("No trace of <b>x</b>@example.com:")
+    too_long = httpx.get(flower + "/dead-letters/search", params={"q": "a" * 320 + "@example.com"}, auth=FLOWER_AUTH)
+    assert too_long.status_code == 400 and too_long.text == "give one message id or one address"
     # What the operator typed went back to that operator's page, and nowhere else.
     assert "@example.com" not in flower_log(tmp_path).lower()
 
