@@ -60,6 +60,14 @@ def test_the_base_handler_does_auth_and_skips_the_token_under_basic_auth():
     assert "if not options.auth:" in inspect.getsource(BaseHandler.check_xsrf_cookie)
 
 
+def test_tornado_logs_a_request_by_the_summary_the_pages_shorten():
+    # PageHandler._request_summary drops the query string (it may hold an address): every
+    # line Tornado writes about a request must come from it.
+    assert "handler._request_summary()" in inspect.getsource(tornado.web.Application.log_request)
+    assert "self._request_summary()" in inspect.getsource(tornado.web.RequestHandler.log_exception)
+    assert "_request_summary" in vars(PageHandler) and "log_exception" in vars(PageHandler)
+
+
 def test_flower_templates_emailq_extends_are_there():
     for name in ("base.html", "navbar.html", "404.html"):
         assert (FLOWER_TEMPLATES / name).is_file(), name

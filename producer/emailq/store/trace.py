@@ -76,11 +76,15 @@ class Event:
         return utc(self.at)
 
     @property
+    def due(self) -> float:
+        """A retry's due time, in seconds (the trace has `<due ms> <why>`)."""
+        return int(self.detail.partition(" ")[0]) / 1000
+
+    @property
     def said(self) -> str:
-        """The detail in words: a retry's due time (ms in the trace) as a time."""
+        """The detail in words: a retry's due time as a time."""
         if self.what == "retry":
-            due, _, why = self.detail.partition(" ")
-            return f"due {utc(int(due) / 1000)}  {why}"
+            return f"due {utc(self.due)}  {self.detail.partition(' ')[2]}"
         return self.detail
 
     @classmethod
@@ -109,8 +113,7 @@ class Whereabouts:
         if last.what == "taken":
             return f"in flight on worker {last.detail}"
         if last.what == "retry":
-            due, _, _ = last.detail.partition(" ")
-            return f"scheduled for a retry at {utc(int(due) / 1000)} UTC"
+            return f"scheduled for a retry at {utc(last.due)} UTC"
         if last.what == "dead":
             return "in the dead-letter queue"
         return last.what  # delivered, purged
