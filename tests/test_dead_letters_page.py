@@ -299,6 +299,11 @@ def test_search_by_address_and_for_what_is_not_traced(flower, browser, producer,
     assert page.inner_text("#found-count") == "2 emails sent to SomeOne@Example.com, newest first."
     assert page.locator(".email .now").all_inner_texts() == ["Now: queued on the interactive lane"] * 2
 
+    producer.send_many([{**SIGN_IN, "to": "many@example.com"}] * 150)
+    search(page, "many@example.com")
+    assert page.locator(".email").count() == 100
+    assert page.inner_text("#found-count").startswith("The newest 100 emails sent to many@example.com")
+
     search(page, "no-such-id")
     said = page.inner_text("#nothing-found")
     assert said.startswith("No trace of no-such-id: traces are kept 86400s, for the newest 100000 emails"), said

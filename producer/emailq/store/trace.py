@@ -136,16 +136,22 @@ class Trace:
         raw = cast(list[bytes], self.redis.lrange(self.keys.trace_of(message_id), 0, -1))
         return Whereabouts(message_id, [Event.parse(r) for r in raw]) if raw else None
 
-    def find(self, id_or_address: str) -> list[Whereabouts]:
+    def find(self, id_or_address: str, most: int | None = None) -> list[Whereabouts]:
         """The traced emails an operator asks for: the one with this id, or (an address,
-        any case) every one sent to it, newest first."""
+        any case) every one sent to it, newest first (the newest `most` if given)."""
         if "@" in id_or_address:
-            return self.sent_to(id_or_address)
+            return self.sent_to(id_or_address, most)
         one = self.of(id_or_address)
         return [one] if one else []
 
-    def sent_to(self, address: str) -> list[Whereabouts]:
-        """The traced emails sent to `address`, newest first."""
-        ids = [i.decode() for i in cast(list[bytes], self.redis.zrevrange(self.keys.trace_to(address_hash(address)), 0, -1))]
-        found = (self.of(i) for i in ids)
-        return [w for w in found if w is not None]
+    def sent_to(self, address: str, most: int | None = None) -> list[Whereabouts]:
+        """The traced emails sent to `address`, newest first (the newest `most` if given),
+        read in one round trip however many they are."""
+        last = -1 if most is None else most - 1
+        ids = [i.decode() for i in cast(list[bytes], self.redis.zrevrange(self.keys.trace_to(address_hash(address)), 0, last))]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.lrange(self.keys.trace_of(message_id), 0, -1)
+            traces = cast(list[list[bytes]], pipe.execute())
+        # An id whose trace expired or was dropped (the count cap) since is left out.
+        return [Whereabouts(i, [Event.parse(r) for r in raw]) for i, raw in zip(ids, traces) if raw]

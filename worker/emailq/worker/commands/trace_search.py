@@ -15,6 +15,7 @@ from emailq.store.trace import TraceLimits
 from emailq.worker.commands.page_handler import PageHandler
 
 LONGEST_QUERY = 320  # an address is at most 254 characters; an id far less
+MOST_SHOWN = 100  # emails to one address on one page; `emailq trace ADDRESS` lists them all
 
 
 class TraceSearch(PageHandler):
@@ -23,9 +24,9 @@ class TraceSearch(PageHandler):
         asked = self.get_query_argument("q", "").strip()
         if len(asked) > LONGEST_QUERY:
             raise tornado.web.HTTPError(400, "give one message id or one address")
-        found = await self.blocking(self.pages.trace.find, asked) if asked else []
+        found = await self.blocking(self.pages.trace.find, asked, MOST_SHOWN) if asked else []
         self.set_header("Cache-Control", "no-store")
         self.set_header("Referrer-Policy", "same-origin")
         self.set_status(200 if found or not asked else 404)
         kept = TraceLimits.of(self.pages.settings).kept
-        self.render("trace_search.html", active_tab="dead_letters", asked=asked, found=found, kept=kept)
+        self.render("trace_search.html", active_tab="dead_letters", asked=asked, found=found, kept=kept, most_shown=MOST_SHOWN)
