@@ -319,6 +319,35 @@ def test_search_by_address_and_for_what_is_not_traced(flower, browser, producer,
     assert "@example.com" not in flower_log(tmp_path).lower()
 
 
+def test_search_says_which_worker_has_an_email_and_until_when_one_waits(flower, browser, producer, endpoint, start_worker, redis_client):
+    # One email the endpoint holds for seconds (in flight), one it answers 503 (then waits
+    # for its retry, a minute away: the worker's backoff starts at 60 s).
+    arrived = []
+
+    def behave(headers, body):
+        arrived.append(body)
+        return Reply(200, delay=8) if b"slow@" in body else Reply(503)
+
+    endpoint.behave = behave
+    start_worker(env={"EMAILQ_RETRY_BASE_SECONDS": "60", "EMAILQ_RETRY_MAX_SECONDS": "120"})
+    waiting = producer.send({**SIGN_IN, "to": "later@example.com"})
+    held = producer.send({**SIGN_IN, "to": "slow@example.com"})
+    trace = Trace(redis_client, KEYS)
+    wait_for(lambda: len(arrived) == 2 and trace.of(waiting).events[-1].what == "retry", 20, "the held email and the retry")
+
+    page = signed_in(browser)
+    page.goto(flower + "/dead-letters")
+    search(page, held)
+    [*_, (_, taken, owner)] = events_shown(page, held)
+    assert taken == "taken" and page.inner_text(f".email[data-id='{held}'] .now") == f"Now: in flight on worker {owner}"
+
+    search(page, waiting)
+    [*_, (_, retry, detail)] = events_shown(page, waiting)
+    due = re.fullmatch(r"due (\S+ \S+) attempt 1: HTTP 503", detail)
+    assert retry == "retry" and due, detail
+    assert page.inner_text(f".email[data-id='{waiting}'] .now") == f"Now: scheduled for a retry at {due.group(1)} UTC"
+
+
 def test_search_links_a_dead_letter_to_its_entry(flower, browser, producer, endpoint, start_worker, redis_client):
     endpoint.behave = lambda headers, body: Reply(422)
     start_worker()
