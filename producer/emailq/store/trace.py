@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -28,8 +29,6 @@ from emailq.store.keys import Keys
 if TYPE_CHECKING:
     from emailq.settings import Settings
 
-# A search by address shows at most this many emails, newest first.
-SHOWN_PER_ADDRESS = 100
 # Index entries read per round trip by a search by address.
 SCAN_CHUNK = 5000
 
@@ -53,10 +52,22 @@ class TraceLimits:
         fields = Settings.model_fields
         return cls(int(cast(float, fields["trace_seconds"].default) * 1000), cast(int, fields["trace_max_emails"].default))
 
+    @property
+    def kept(self) -> str:
+        """How long, and for how many emails, a trace is kept: what a search that found
+        nothing says (`emailq trace` and the dead letters page)."""
+        kept = f"{self.ms / 1000:g}s" if self.ms else "nothing: EMAILQ_TRACE_SECONDS is 0"
+        return f"traces are kept {kept}, for the newest {self.most} emails"
+
 
 def address_hash(address: str) -> str:
     """What the trace knows of an address: a hash of it, case aside."""
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:32]
+
+
+def utc(seconds: float) -> str:
+    """A trace's time as `emailq trace` and the dead letters page show it: UTC, to the ms."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,22 @@ class Event:
     at: float  # seconds, Redis's clock
     what: str  # queued, taken, delivered, retry, due, given-back, reclaimed, dead, replayed, purged
     detail: str
+
+    @property
+    def when(self) -> str:
+        return utc(self.at)
+
+    @property
+    def due(self) -> float:
+        """A retry's due time, in seconds (the trace has `<due ms> <why>`)."""
+        return int(self.detail.partition(" ")[0]) / 1000
+
+    @property
+    def said(self) -> str:
+        """The detail in words: a retry's due time as a time."""
+        if self.what == "retry":
+            return f"due {utc(self.due)}  {self.detail.partition(' ')[2]}"
+        return self.detail
 
     @classmethod
     def parse(cls, text: str) -> Event:
@@ -90,11 +117,15 @@ class Whereabouts:
         if last.what == "taken":
             return f"in flight on worker {last.detail}"
         if last.what == "retry":
-            due, _, _ = last.detail.partition(" ")
-            return f"scheduled for a retry at {int(due) / 1000:.3f}"
+            return f"scheduled for a retry at {utc(last.due)} UTC"
         if last.what == "dead":
             return "in the dead-letter queue"
         return last.what  # delivered, purged
+
+    @property
+    def dead(self) -> bool:
+        """Whether the email is a dead letter now."""
+        return bool(self.events) and self.events[-1].what == "dead"
 
 
 class Trace:
@@ -108,18 +139,28 @@ class Trace:
         """The email's trace; None when it has none (never traced, or it expired)."""
         return _whereabouts(message_id, cast(bytes | None, self.redis.get(self.keys.trace_of(message_id))))
 
-    def sent_to(self, address: str, most: int = SHOWN_PER_ADDRESS) -> list[Whereabouts]:
-        """The traced emails sent to `address`, newest first (at most `most`). Reads the
-        index a chunk at a time (a search, not a hot path): Redis never blocks on it."""
+    def find(self, id_or_address: str, most: int | None = None) -> list[Whereabouts]:
+        """The traced emails an operator asks for: the one with this id, or (an address,
+        any case) every one sent to it, newest first (the newest `most` if given)."""
+        if "@" in id_or_address:
+            return self.sent_to(id_or_address, most)
+        one = self.of(id_or_address)
+        return [one] if one else []
+
+    def sent_to(self, address: str, most: int | None = None) -> list[Whereabouts]:
+        """The traced emails sent to `address`, newest first (the newest `most` if given).
+        Reads the index a chunk at a time (a search, not a hot path): Redis never blocks
+        on it."""
         suffix = f" {address_hash(address)}".encode()
         ids: list[str] = []
         for start in itertools.count(0, SCAN_CHUNK):
             chunk = cast(list[bytes], self.redis.lrange(self.keys.trace_index, start, start + SCAN_CHUNK - 1))
             ids += [entry[: -len(suffix)].decode() for entry in chunk if entry.endswith(suffix)]
-            if len(chunk) < SCAN_CHUNK or len(ids) >= most:
+            if len(chunk) < SCAN_CHUNK or (most is not None and len(ids) >= most):
                 break
         ids = ids[:most]
         rows = cast(list[bytes | None], self.redis.mget([self.keys.trace_of(i) for i in ids])) if ids else []
+        # An id whose trace expired or was dropped (the count cap) since is left out.
         found = (_whereabouts(i, row) for i, row in zip(ids, rows))
         return [w for w in found if w is not None]
 
