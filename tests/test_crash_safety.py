@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 
+import psutil
 import pytest
 
 from conftest import Reply, wait_for
@@ -83,6 +84,33 @@ def test_a_worker_stopped_mid_stream_delivers_nothing_twice(producer, endpoint, 
     # stop's; say which, so that a failure names its cause.
     retried = [key for key in twice if f"attempt 1 of {key} failed" in first.output()]
     assert not twice, f"{len(twice)} emails were POSTed twice across a clean stop ({len(retried)} after a failed attempt of the first worker's)"
+    assert_one_home(redis_client)
+
+
+def test_a_full_default_pool_at_250ms_stays_under_150mb_and_stops_within_15s(producer, endpoint, start_worker, redis_client, defaults_env):
+    # A real email API answers in 100-300 ms: the default pool full of POSTs at 250 ms,
+    # the worker's memory (its whole process tree) sampled until SIGTERM, then the stop.
+    endpoint.behave = lambda headers, body: Reply(200, delay=0.25)
+    worker = start_worker(env=defaults_env)
+    threads = int(defaults_env["EMAILQ_CONCURRENCY"])
+    ids = producer.send_many([SIGN_IN] * 4 * threads)
+    tree = psutil.Process(worker.process.pid)
+    samples: list[float] = []
+
+    def rss_mb() -> float:
+        samples.append(sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20)
+        return samples[-1]
+
+    wait_for(lambda: rss_mb() and len(endpoint.received) >= threads, 30, "a first wave delivered", interval=0.05)
+    wait_for(lambda: rss_mb() and census.count(redis_client, KEYS).in_flight >= threads, 10, "a full pool in flight")
+    worker.stop()
+    print(f"\n{threads} threads at 250 ms: peak RSS {max(samples):.0f} MB; SIGTERM with a full pool: exited in {worker.stopped_in:.2f}s")
+    assert max(samples) < 150
+    assert not worker.killed and worker.stopped_in is not None and worker.stopped_in < 15
+    assert len(set(endpoint.delivered_keys())) < len(ids), "the worker finished before the stop: the test proved nothing"
+
+    start_worker(env=defaults_env)
+    wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 60, "every email delivered", interval=0.2)
     assert_one_home(redis_client)
 
 
