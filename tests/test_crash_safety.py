@@ -126,7 +126,7 @@ def test_a_full_default_pool_at_250ms_stays_under_150mb_and_stops_within_15s(pro
     wait_for(lambda: rss_mb() and len(endpoint.received) >= threads, 30, "a first wave delivered")
     # POSTs under way at the endpoint: begun, not yet answered. Nearly the whole pool on
     # an idle machine (482-511 of 512 seen); on a loaded one the worker's CPU cannot keep
-    # it full (410-480 seen with two cores busy elsewhere).
+    # it full (370-480 seen with two cores busy elsewhere).
     posting = wait_for(lambda: rss_mb() and (n := len(begun) - len(endpoint.received)) >= 2 / 3 * threads and n, 20, "a full pool POSTing")
     worker.stop()
     print(f"\n{threads} threads at 250 ms: peak RSS {max(samples):.0f} MB; SIGTERM with {posting} POSTs under way: exit in {worker.stopped_in:.2f}s")
