@@ -141,8 +141,8 @@ class _DeepBacklogServer(ThreadingHTTPServer):
     # socketserver listens with a backlog of 5 (nginx 511, uvicorn and gunicorn 2048): past
     # it, the kernel drops handshakes, some requests wait seconds for a retransmit, pass
     # the worker's request timeout and are POSTed again, and the server then answers the
-    # abandoned ones too. Duplicates of the test server's making, seen as "POSTed twice"
-    # across a clean stop with 512 threads (tests/test_crash_safety.py).
+    # abandoned ones too: retries after a timeout, which the stop test with 512 threads
+    # counted as "POSTed twice across a clean stop" (tests/test_crash_safety.py).
     request_queue_size = 1024
 
 
