@@ -234,11 +234,11 @@ def _spin_until_killed(client) -> None:
 
 
 def test_every_thread_moving_a_failed_email_at_once_gets_a_redis_connection(producer, endpoint, start_worker, redis_client, defaults_env):
-    # Every thread of the default pool (256) waits on the endpoint, which then answers all
-    # of them 503 at once; Retry-After keeps each email in the schedule for the test.
+    # Every thread of the default pool waits on the endpoint, which then answers all of
+    # them 503 at once; Retry-After keeps each email in the schedule for the test.
     endpoint.behave = lambda headers, body: Reply(503, headers={"Retry-After": "30"}, delay=0.5)
     worker = start_worker(env=defaults_env)
-    ids = producer.send_many([SIGN_IN] * 300)
+    ids = producer.send_many([SIGN_IN] * (int(defaults_env["EMAILQ_CONCURRENCY"]) + 44))
 
     wait_for(lambda: redis_client.zcard(KEYS.schedule) == len(ids), 15, "every email in the retry schedule")
     assert "Too many connections" not in worker.output()

