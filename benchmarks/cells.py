@@ -181,7 +181,9 @@ class Emailq(Cell):
         # `queue`: several workers on one queue (a cluster) differ by name only.
         queue = queue or f"bench-{self.name}"
         env = emailq_env(redis_server, db, queue, workdir, EMAILQ_ENDPOINT_URL=endpoint.url, **(extra_env or {}))
-        self.producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(db), queue=queue))
+        # The producer's settings are the worker's (the trace's, say), where the bench sets them.
+        same = {name.removeprefix("EMAILQ_").lower(): value for name, value in (extra_env or {}).items()}
+        self.producer = Producer(Settings(_env_file=None, **{**same, "redis_url": redis_server.url(db), "queue": queue}))
         # `patched`: benchmarks.experiments.emailq_patched, for experiments that no setting can make.
         command = [PYTHON, "-m", "benchmarks.experiments.emailq_patched"] if patched else [str(BIN / "emailq")]
         self.proc = Proc(self.key, [*command, "worker", *extra_args], clean_env(**env), workdir)

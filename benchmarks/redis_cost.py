@@ -7,7 +7,8 @@ Enqueue: `EMAILS` emails by `Producer.send`, one at a time, as web apps send (a 
 so a read and a write system call in Redis, per email), and by `send_many` in batches of
 `BATCH`, as bulk sends and `emailq send --file` do. Delivery: one
 `emailq worker` with every setting at its default, against a 0 ms endpoint, delivers them
-all; then the same with `EMAILQ_RATE_LIMIT` set (high enough not to slow the worker, so
+all; then the same with the trace off (`EMAILQ_TRACE_SECONDS=0`: what it costs), and with
+`EMAILQ_RATE_LIMIT` set (high enough not to slow the worker, so
 that only the limiter's own cost is added). One Redis core's ceiling follows from the CPU:
 1 s / (enqueue + delivery µs per email).
 """
@@ -29,6 +30,7 @@ RATE_LIMIT = 100000  # per second: the limiter runs on every take, and never wai
 BATCH = 1000
 STALL_SECONDS = 30.0
 QUEUE = "bench-cost"
+CONFIGS = (("defaults", {}), ("trace off", {"EMAILQ_TRACE_SECONDS": "0"}), ("rate limit", {"EMAILQ_RATE_LIMIT": str(RATE_LIMIT)}))
 
 
 def snapshot(redis_server: RedisServer) -> tuple[int, float]:
@@ -51,9 +53,10 @@ def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = pr
     endpoint = Endpoint(0, workdir)
     result: dict = {"emails": emails}
     try:
-        for label, extra_env in (("defaults", {}), ("rate limit", {"EMAILQ_RATE_LIMIT": str(RATE_LIMIT)})):
+        for label, extra_env in CONFIGS:
             redis_server.client().flushdb()
-            producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(), queue=QUEUE))
+            same = {name.removeprefix("EMAILQ_").lower(): value for name, value in extra_env.items()}
+            producer = Producer(Settings(_env_file=None, **{**same, "redis_url": redis_server.url(), "queue": QUEUE}))
             bodies = [email_body(f"cost-{label}", i) for i in range(emails)]
             before = snapshot(redis_server)
             for body in bodies[: emails // 2]:

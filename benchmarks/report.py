@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import flow
+from benchmarks import flow, outage
 from benchmarks.harness import median
 
 ORDER = ("naive", "floor-prefork", "floor-threads", "arq", "emailq")
@@ -156,7 +156,7 @@ def redis_cost_table(cost: dict) -> list[str]:
         f"| Redis per email ({cost['emails']:,} emails) | commands | Redis CPU µs | one Redis core's ceiling |",
         "|---|---:|---:|---:|",
     ]
-    for label in ("defaults", "rate limit"):
+    for label in ("defaults", "trace off", "rate limit"):
         row = cost.get(label)
         if not row:
             continue
@@ -170,6 +170,21 @@ def redis_cost_table(cost: dict) -> list[str]:
             f"(batched {_num(row['ceiling_batched_per_s'])}/s) |",
         ]
     return rows
+
+
+def trace_table(trace: list[dict], cost: dict | None) -> list[str]:
+    """The trace's cost: deliveries/s at 0 ms with it on and off (medians of interleaved
+    reps), and Redis's CPU per email for each (from the Redis-cost run)."""
+    rows = {r["contender"]: r for r in trace}
+    on, off = rows.get("emailq-trace-on"), rows.get("emailq-trace-off")
+    lines = ["| the trace, 0 ms endpoint | deliveries/s | Redis CPU µs per email (enqueue + delivery) |", "|---|---:|---:|"]
+    for label, row, config in (("on (default)", on, "defaults"), ("off", off, "trace off")):
+        spent = (cost or {}).get(config)
+        cpu = spent["enqueue_batched"]["cpu_us"] + spent["delivery"]["cpu_us"] if spent else float("nan")
+        lines.append(f"| {label} | {_num(row['rate']) if row else '—'} | {_num(cpu, 1)} |")
+    if on and off:
+        lines.append(f"| on / off | {_percent(on['rate'] / off['rate'])} | |")
+    return lines
 
 
 def ingest_table(ingest: dict) -> list[str]:
@@ -190,6 +205,7 @@ def targets_table(
     rate: dict | None = None,
     ingest: dict | None = None,
     cost: dict | None = None,
+    trace: list[dict] = (),
 ) -> list[str]:
     """Each target of what this run measured: (what, value, bound, shown as); a negative
     bound is an upper one (value < -bound), a positive one a lower one (value ≥ bound)."""
@@ -239,6 +255,9 @@ def targets_table(
             ("Redis CPU ≤ 30 µs per email, enqueue (batched) + delivery", row["enqueue_batched"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
             ("Redis CPU ≤ 30 µs per email, enqueue (one at a time) + delivery", row["enqueue"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
         ]
+    on, off = (next((r for r in trace if r["contender"] == name), None) for name in ("emailq-trace-on", "emailq-trace-off"))
+    if on and off:
+        checks.append(("0 ms: trace on within 5% of off (deliveries/s)", on["rate"] / off["rate"], 0.95, _percent))
     if ingest:
         checks += [
             ("ingest ≥ 70% of the bare ASGI limit's requests/s", ingest["ratio"], 0.7, _percent),
@@ -278,13 +297,15 @@ def markdown(data: dict) -> str:
         "",
         *((results_table(results) + ["", integrity(results), ""]) if results else []),
         *(failing_table(data["failing"]) + [""] if data.get("failing") else []),
+        *(trace_table(data["trace"], cost) + [""] if data.get("trace") else []),
         *(flow_table(priority, rate) + [""] if priority or rate else []),
+        *(outage.table(data["outage"]) + [""] if data.get("outage") else []),
         *(enqueue_table(enqueue) + [""] if enqueue else []),
         *(ingest_table(ingest) + [""] if ingest else []),
         *(redis_cost_table(cost) + [""] if cost else []),
         "Targets:",
         "",
-        *targets_table(results, enqueue, priority, rate, ingest, cost),
+        *targets_table(results, enqueue, priority, rate, ingest, cost, data.get("trace") or []),
         "",
         "How to read it:",
         "",
@@ -336,6 +357,15 @@ def markdown(data: dict) -> str:
             "to the last answer; busiest window: the most requests the endpoint answered in any 1 s (it "
             "answers every request 200, so requests = deliveries); the median pace and the worst window "
             "over the reps; the workers' CPU per rep in `results/latest.json` shows each took part."
+        )
+    if data.get("outage"):
+        row = data["outage"]
+        lines.append(
+            f"- The primary endpoint down: one `emailq worker` with its defaults and `EMAILQ_FALLBACK_ENDPOINT_URL`, two "
+            f"endpoints of {row['latency_ms']:g} ms in processes of their own; {row['emails']:,} bulk emails at once (from the "
+            f"enqueue to the last 2xx), then {row['codes']} sign-in codes one at a time behind as many bulk ones; first with both "
+            "up (on the primary), then with the primary's process killed (on the fallback, without a restart: the worker "
+            "fails over on its own). One run of each, not the reps' median."
         )
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks import cells as c
-from benchmarks import enqueue_cost, flow, ingest, redis_cost, report
+from benchmarks import enqueue_cost, flow, ingest, outage, redis_cost, report
 from benchmarks.endpoint import fails_forever
 from benchmarks.harness import Endpoint, PeakRss, RedisServer, median, percentile
 
@@ -51,7 +51,14 @@ PACED_SECONDS = 3.0
 PACED_MAX_RATE = 200.0
 STALL_SECONDS = 30.0
 # What --only names: whole sections, or cells by key (shell-style patterns).
-SECTIONS = ("throughput", "failing", "priority", "rate-limit", "enqueue", "ingest", "redis-cost")
+SECTIONS = ("throughput", "failing", "trace", "priority", "rate-limit", "outage", "enqueue", "ingest", "redis-cost")
+# The trace's cost at 0 ms: emailq's defaults (trace on) beside the same with it off.
+TRACE_CELLS = (
+    ("emailq-trace-on", "emailq, defaults (trace on)", {}),
+    ("emailq-trace-off", "emailq, EMAILQ_TRACE_SECONDS=0", {"EMAILQ_TRACE_SECONDS": "0"}),
+)
+# More reps than the others: a 5% difference needs them on a noisy machine.
+TRACE_REPS = 7
 
 
 def messages_for(cell: c.Cell, quick: bool) -> int:
@@ -181,8 +188,10 @@ def section_keys() -> dict[str, list[str]]:
     return {
         "throughput": throughput_keys(),
         "failing": failing_keys(),
+        "trace": [f"{name}@0ms" for name, _, _ in TRACE_CELLS],
         "priority": [flow.priority_key(ms) for ms in flow.PRIORITY_LATENCIES_MS],
         "rate-limit": [flow.RATE_KEY],
+        "outage": [outage.KEY],
         "enqueue": ["enqueue"],
         "ingest": ["ingest"],
         "redis-cost": ["redis-cost"],
@@ -395,6 +404,16 @@ def main(argv: list[str] | None = None) -> None:
             stoppable.extend(item for cell, endpoint, _ in made for item in (endpoint, cell))
             healthy = next((r for r in results if r["contender"] == "emailq" and r["latency_ms"] == 0), None)
             failing = bench_failing(made, reps, healthy)
+        trace: list[dict] = []
+        trace_cells = [
+            c.Emailq(0, Endpoint(0, workdir), redis_server, db, workdir, extra_env=env, name=name, label=label)
+            for db, (name, label, env) in enumerate(TRACE_CELLS, start=45)
+            if want("trace", f"{name}@0ms")
+        ]
+        if trace_cells:
+            log("the trace's cost at 0 ms, on and off")
+            stoppable.extend(item for cell in trace_cells for item in (cell.endpoint, cell))
+            trace = bench(trace_cells, 1 if args.quick else TRACE_REPS, args.quick, paced=False)
         priority = []
         for latency in flow.PRIORITY_LATENCIES_MS:
             if want("priority", flow.priority_key(latency)):
@@ -406,6 +425,10 @@ def main(argv: list[str] | None = None) -> None:
             log(f"a rate limit of {flow.RATE_LIMIT}/s across {flow.RATE_WORKERS} workers")
             emails = 200 if args.quick else flow.RATE_EMAILS
             rate_limit = flow.rate_limit(redis_server, workdir, 51, reps, emails, log)
+        outage_result = None
+        if want("outage", outage.KEY):
+            log("the primary endpoint down, with a fallback")
+            outage_result = outage.measure(redis_server, workdir, 52, 1000 if args.quick else outage.BURST, log)
         enqueue = None
         if want("enqueue", "enqueue"):
             log("measuring enqueue cost")
@@ -432,8 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         "reps": reps,
         "results": results,
         "failing": failing,
+        "trace": trace,
         "priority": priority,
         "rate_limit": rate_limit,
+        "outage": outage_result,
         "enqueue": enqueue,
         "ingest": ingest_result,
         "redis_cost": cost,

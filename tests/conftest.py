@@ -32,6 +32,15 @@ for _name in [n for n in os.environ if n.startswith("EMAILQ_")]:
     del os.environ[_name]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--model-examples",
+        type=int,
+        default=200,
+        help="runs of the state machine model (tests/test_state_model.py), each up to 30 steps; raise it for a longer search",
+    )
+
+
 class RedisServer:
     """A redis-server of the tests' own, on a free port, with AOF on; can be killed."""
 
@@ -127,6 +136,16 @@ class Reply:
     endless: bool = False  # stream the body forever (until the client hangs up)
 
 
+class _DeepBacklogServer(ThreadingHTTPServer):
+    # A worker with hundreds of threads opens as many connections at once. Python's
+    # socketserver listens with a backlog of 5 (nginx 511, uvicorn and gunicorn 2048): past
+    # it, the kernel drops handshakes, some requests wait seconds for a retransmit, pass
+    # the worker's request timeout and are POSTed again, and the server then answers the
+    # abandoned ones too: retries after a timeout, which the stop test with 512 threads
+    # counted as "POSTed twice across a clean stop" (tests/test_crash_safety.py).
+    request_queue_size = 1024
+
+
 class Endpoint:
     """A real HTTP server on loopback standing in for the email API.
 
@@ -183,7 +202,7 @@ class Endpoint:
         self.url = f"{scheme}://127.0.0.1:{self.port}/send"
 
     def _listen(self, port: int) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        self.server = _DeepBacklogServer(("127.0.0.1", port), self._handler)
         if self.tls is not None:
             self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
@@ -275,7 +294,10 @@ def run_emailq(args: list[str], env: dict[str, str], cwd: Path, **kwargs: Any) -
 
 
 class Worker:
-    """An `emailq worker` process; `kill()` is `kill -9`."""
+    """An `emailq worker` process; `kill()` is `kill -9`. `stop()` sends SIGTERM and waits
+    `STOP_GRACE` seconds before a `kill -9`; `stopped_in` and `killed` say how it went."""
+
+    STOP_GRACE = 15.0
 
     def __init__(self, env: dict[str, str], cwd: Path, log: Path, args: list[str]):
         self.log = log
@@ -288,6 +310,8 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.stopped_in: float | None = None  # seconds from SIGTERM to its exit
+        self.killed = False  # `stop()` had to kill it: it did not exit within STOP_GRACE
         wait_for(self._ready, 30, f"the worker to be ready (log: {log})", interval=0.1)
 
     def _ready(self) -> bool:
@@ -305,11 +329,15 @@ class Worker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            sent = time.monotonic()
             self.process.terminate()
             try:
-                self.process.wait(15)
+                self.process.wait(self.STOP_GRACE)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.kill()
+                print(f"{self.log.name}: no exit within {self.STOP_GRACE:g}s of SIGTERM: killed (kill -9)")
+            self.stopped_in = time.monotonic() - sent
         self._out.close()
 
 

@@ -19,8 +19,9 @@ import httpx
 import psutil
 import pytest
 from conftest import Reply, wait_for
-from helpers import FLOWER_AUTH, KEYS, fill_dead_letters, running_flower
+from helpers import FLOWER_AUTH, KEYS, SIGN_IN, fill_dead_letters, running_flower
 
+from emailq.store.trace import Trace
 from emailq.worker.places.dead_letter_index import Lease
 from emailq.worker.places.dead_letters import DeadLetters
 
@@ -93,6 +94,7 @@ def test_a_request_without_auth_is_refused(flower, browser):
     assert httpx.get(flower + "/dead-letters", auth=("ops", "wrong")).status_code == 401
     assert httpx.get(flower + "/dead-letters/action/progress.json").status_code == 401
     assert httpx.post(flower + "/dead-letters/actions", data={"action": "purge"}).status_code == 401
+    assert httpx.get(flower + "/dead-letters/search", params={"q": "foo@logto.io"}).status_code == 401
     context = browser.new_context()  # a browser with no credentials to give gets no page
     with pytest.raises(playwright.Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
         context.new_page().goto(flower + "/dead-letters")
@@ -247,6 +249,122 @@ def test_the_page_lives_under_flowers_url_prefix(settings_env, redis_client, bro
         page.click("#confirm-button")
         assert finish_action(page).startswith("Done: 3 purged")  # the progress endpoint, prefixed too
     assert redis_client.hlen(KEYS.dlq) == 0
+
+
+def search(page, asked: str) -> None:
+    """Types `asked` in the page's search box and submits it, as an operator does."""
+    page.fill("#trace-q", asked)
+    with page.expect_navigation():
+        page.click("#trace-search-button")
+
+
+def events_shown(page, message_id: str) -> list[list[str]]:
+    """The rows of the email's events table: [time, event, detail] each."""
+    rows = page.locator(f".email[data-id='{message_id}'] .events tbody tr")
+    return [row.locator("td").all_inner_texts() for row in rows.all()]
+
+
+def test_search_shows_where_a_delivered_email_is_and_each_attempt(flower, browser, producer, endpoint, start_worker, redis_client, shots, tmp_path):
+    answers = iter([503])  # its first attempt finds the endpoint down; the second, back
+    endpoint.behave = lambda headers, body: Reply(next(answers, 200))
+    start_worker()
+    message_id = producer.send(SIGN_IN)
+    wait_for(lambda: message_id in endpoint.delivered_keys(), 30, "the email to be delivered")
+    wait_for(lambda: getattr(Trace(redis_client, KEYS).of(message_id), "now", "") == "delivered", 5, "the ack")
+
+    page = signed_in(browser)
+    page.goto(flower + "/dead-letters")
+    search(page, message_id)
+    assert page.inner_text(f".email[data-id='{message_id}'] .now") == "Now: delivered"
+    events = events_shown(page, message_id)
+    assert [what for _, what, _ in events] == ["queued", "taken", "retry", "due", "taken", "delivered"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", at) for at, _, _ in events), events
+    assert events[0][2] == "interactive"
+    assert re.fullmatch(r"due \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} attempt 1: HTTP 503", events[2][2]), events[2]
+    assert page.input_value("#trace-q") == message_id  # ready to search again
+    page.screenshot(path=str(shots / "trace-search.png"), full_page=True)
+    assert SIGN_IN["payload"]["code"] not in page.content()
+
+
+def test_search_by_address_and_for_what_is_not_traced(flower, browser, producer, tmp_path):
+    first = producer.send({**SIGN_IN, "to": "someone@example.com"})
+    time.sleep(0.01)  # one ms apart at least: the trace orders them by the ms they came
+    later = producer.send({**SIGN_IN, "to": "someone@example.com"})
+    producer.send({**SIGN_IN, "to": "someone.else@example.com"})
+
+    page = signed_in(browser)
+    page.goto(flower + "/dead-letters")
+    search(page, "SomeOne@Example.com")  # any case
+    assert page.eval_on_selector_all(".email", "found => found.map(e => e.dataset.id)") == [later, first]
+    assert page.inner_text("#found-count") == "2 emails sent to SomeOne@Example.com, newest first."
+    assert page.locator(".email .now").all_inner_texts() == ["Now: queued on the interactive lane"] * 2
+
+    producer.send_many([{**SIGN_IN, "to": "many@example.com"}] * 150)
+    search(page, "many@example.com")
+    assert page.locator(".email").count() == 100
+    assert page.inner_text("#found-count").startswith("The newest 100 emails sent to many@example.com")
+
+    search(page, "no-such-id")
+    said = page.inner_text("#nothing-found")
+    assert said.startswith("No trace of no-such-id: traces are kept 86400s, for the newest 100000 emails"), said
+    assert "EMAILQ_TRACE_SECONDS" in said and "EMAILQ_TRACE_MAX_EMAILS" in said
+    assert page.locator(".email").count() == 0
+    search(page, "nobody@example.com")
+    assert page.inner_text("#nothing-found").startswith("No trace of nobody@example.com:")
+    search(page, "<b>x</b>@example.com")  # shown as typed, never as markup
+    assert page.inner_text("#nothing-found").startswith("No trace of <b>x</b>@example.com:")
+    too_long = httpx.get(flower + "/dead-letters/search", params={"q": "a" * 320 + "@example.com"}, auth=FLOWER_AUTH)
+    assert too_long.status_code == 400 and too_long.text == "give one message id or one address"
+    # What the operator typed went back to that operator's page, and nowhere else.
+    assert "@example.com" not in flower_log(tmp_path).lower()
+
+
+def test_search_says_which_worker_has_an_email_and_until_when_one_waits(flower, browser, producer, endpoint, start_worker, redis_client):
+    # One email the endpoint holds for seconds (in flight), one it answers 503 (then waits
+    # for its retry, a minute away: the worker's backoff starts at 60 s).
+    arrived = []
+
+    def behave(headers, body):
+        arrived.append(body)
+        return Reply(200, delay=8) if b"slow@" in body else Reply(503)
+
+    endpoint.behave = behave
+    start_worker(env={"EMAILQ_RETRY_BASE_SECONDS": "60", "EMAILQ_RETRY_MAX_SECONDS": "120"})
+    waiting = producer.send({**SIGN_IN, "to": "later@example.com"})
+    held = producer.send({**SIGN_IN, "to": "slow@example.com"})
+    trace = Trace(redis_client, KEYS)
+    wait_for(lambda: len(arrived) == 2 and trace.of(waiting).events[-1].what == "retry", 20, "the held email and the retry")
+
+    page = signed_in(browser)
+    page.goto(flower + "/dead-letters")
+    search(page, held)
+    [*_, (_, taken, owner)] = events_shown(page, held)
+    assert taken == "taken" and page.inner_text(f".email[data-id='{held}'] .now") == f"Now: in flight on worker {owner}"
+
+    search(page, waiting)
+    [*_, (_, retry, detail)] = events_shown(page, waiting)
+    due = re.fullmatch(r"due (\S+ \S+) attempt 1: HTTP 503", detail)
+    assert retry == "retry" and due, detail
+    assert page.inner_text(f".email[data-id='{waiting}'] .now") == f"Now: scheduled for a retry at {due.group(1)} UTC"
+
+
+def test_search_links_a_dead_letter_to_its_entry(flower, browser, producer, endpoint, start_worker, redis_client):
+    endpoint.behave = lambda headers, body: Reply(422)
+    start_worker()
+    message_id = producer.send(SIGN_IN)
+    wait_for(lambda: DeadLetters(redis_client, KEYS).count() == 1, 30, "the dead letter")
+
+    page = signed_in(browser)
+    page.goto(flower + "/dead-letters")
+    search(page, message_id)
+    assert page.inner_text(f".email[data-id='{message_id}'] .now") == "Now: in the dead-letter queue — open its dead-letter entry"
+    assert events_shown(page, message_id)[-1][1:] == ["dead", "rejected HTTP 422"]
+    page.click(f".email[data-id='{message_id}'] .dead-letter-link")
+    page.wait_for_selector("#masked")  # its entry, codes masked as ever
+    assert page.inner_text("#reason") == "rejected — HTTP 422"
+    # And from the entry, back to where it has been.
+    page.click("#trace-link")
+    page.wait_for_selector(f".email[data-id='{message_id}']")
 
 
 def _listening_pid(url: str) -> int:

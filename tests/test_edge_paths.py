@@ -15,11 +15,13 @@ from types import SimpleNamespace
 import pytest
 import redis
 from conftest import RedisServer, Reply, run_emailq, settings_from
-from helpers import EMAILQ, KEYS, SIGN_IN, wait_for
+from cut_link import CutLink
+from helpers import EMAILQ, KEYS, SIGN_IN, assert_one_home, wait_for
 
 from emailq.enqueue import Producer
 from emailq.message import ENVELOPE_FORMAT, Email, Envelope
 from emailq.task_message import task_message
+from emailq.worker.places.taking import TAKE
 
 
 def _queue_by_hand(redis_client, message: dict | str) -> bytes:
@@ -232,11 +234,11 @@ def _spin_until_killed(client) -> None:
 
 
 def test_every_thread_moving_a_failed_email_at_once_gets_a_redis_connection(producer, endpoint, start_worker, redis_client, defaults_env):
-    # Every thread of the default pool (256) waits on the endpoint, which then answers all
-    # of them 503 at once; Retry-After keeps each email in the schedule for the test.
+    # Every thread of the default pool waits on the endpoint, which then answers all of
+    # them 503 at once; Retry-After keeps each email in the schedule for the test.
     endpoint.behave = lambda headers, body: Reply(503, headers={"Retry-After": "30"}, delay=0.5)
     worker = start_worker(env=defaults_env)
-    ids = producer.send_many([SIGN_IN] * 300)
+    ids = producer.send_many([SIGN_IN] * (int(defaults_env["EMAILQ_CONCURRENCY"]) + 44))
 
     wait_for(lambda: redis_client.zcard(KEYS.schedule) == len(ids), 15, "every email in the retry schedule")
     assert "Too many connections" not in worker.output()
@@ -261,3 +263,63 @@ def test_dlq_retention_and_failure_times_follow_redis_clock_not_the_workers(redi
     assert store.ids() == ["now", "six-days-old"]  # not taken for eight days old
     assert abs(store.get("now").failed_at - redis_now) < 60
     assert store.trim().total == 0
+
+
+def test_a_dead_workers_newsletters_go_back_behind_codes_and_wake_workers(producer, endpoint, start_worker, redis_client, defaults_env):
+    # Worker A dies holding a newsletter batch; B reclaims it once A's heartbeat lapses
+    # (default 15 s), while sign-in codes wait on the interactive lane.
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def behave(headers, body):
+        key = headers["idempotency-key"]
+        with lock:
+            first = key not in seen
+            seen.add(key)
+        if json.loads(body)["type"] == "Generic" and first:
+            time.sleep(60)  # A's POSTs never end: A is killed holding them
+        return Reply(200)
+
+    endpoint.behave = behave
+    a = start_worker(env=defaults_env)
+    newsletters = producer.send_many([{"to": f"n{i}@example.com", "type": "Generic", "payload": {}} for i in range(4)], bulk=True)
+    wait_for(lambda: len(seen) == 4, 20, "worker A to be posting the newsletters")
+    a.kill()
+    # A rate limit of one email per 20 s keeps the codes waiting on their lane across the
+    # reclaim (set only for that; the reclaim and the lanes are as by default).
+    b = start_worker(env={**defaults_env, "EMAILQ_RATE_LIMIT": "0.05"})
+    codes = [producer.send({**SIGN_IN, "payload": {"code": f"{i:06d}"}}) for i in range(3)]
+    wait_for(lambda: codes[0] in endpoint.delivered_keys(), 20, "worker B to deliver the first code")
+    tokens_before = redis_client.llen(KEYS.wake)
+    wait_for(lambda: redis_client.llen(KEYS.interactive) + redis_client.llen(KEYS.bulk) == 6, 60, "A's list to be reclaimed")
+
+    assert redis_client.llen(KEYS.bulk) == 4, "the newsletters went back to their own lane"
+    assert redis_client.llen(KEYS.wake) - tokens_before == 4, "one wake-up token per reclaimed email"
+    wait_for(lambda: len(endpoint.delivered_keys()) == 2, 40, "B's next take, at the rate limit's next slot")
+    assert endpoint.delivered_keys() == codes[:2], "sign-in codes go ahead of a dead worker's newsletters"
+    assert not set(newsletters) & set(endpoint.delivered_keys())
+    assert b.process.poll() is None
+    assert_one_home(redis_client)
+
+
+def test_a_take_whose_reply_is_lost_is_delivered_within_seconds(producer, endpoint, start_worker, redis_client, redis_server, defaults_env):
+    # A proxy resets the worker's connection after Redis ran a take and before its reply
+    # arrived: the email is in the worker's list, and no record of it is anywhere.
+    link = CutLink(redis_server.port, TAKE.sha.encode())
+    try:
+        worker = start_worker(env={**defaults_env, "EMAILQ_REDIS_URL": f"redis://127.0.0.1:{link.port}/0"})
+        time.sleep(1)  # idle: blocked on its wake-up list
+        link.armed.set()
+        sent_at = time.monotonic()
+        message_id = producer.send(SIGN_IN)
+        wait_for(link.cut.is_set, 10, "the take's reply to be cut")
+        wait_for(lambda: message_id in endpoint.delivered_keys(), 30, "the email to be delivered")
+        took = time.monotonic() - sent_at
+        print(f"delivered {took:.1f}s after its take's reply was lost")
+        # Before: only the periodic scans (30 s apart, two in a row) gave it back.
+        assert took < 10, f"delivered {took:.1f}s after the lost reply"
+        assert [r.status for r in endpoint.requests_for(message_id)] == [200]
+        assert "an email in" in worker.output()  # the worker said what it gave back
+        assert_one_home(redis_client)
+    finally:
+        link.close()

@@ -31,10 +31,11 @@ def test_worker_metrics_count_deliveries_retries_and_dead_letters(producer, endp
 
     def scraped():
         text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        return text if "emailq_delivered_total 2.0" in text and "emailq_dead_lettered_total" in text else None
+        return text if 'emailq_delivered_total{endpoint="primary"} 2.0' in text and "emailq_dead_lettered_total" in text else None
 
     text = wait_for(scraped, 20, "the metrics to count 2 delivered", interval=0.2)
-    assert "emailq_retried_total 2.0" in text
+    assert 'emailq_retried_total{endpoint="primary"} 2.0' in text
+    assert 'emailq_breaker_open{endpoint="primary"} 0.0' in text
     assert 'emailq_dead_lettered_total{reason="rejected"} 1.0' in text
     assert "emailq_delivery_seconds_count 2.0" in text
     assert "emailq_dlq_depth 1.0" in text

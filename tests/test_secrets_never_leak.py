@@ -11,20 +11,28 @@ import subprocess
 
 import httpx
 
-from conftest import EMAILQ, Reply, free_port, run_emailq, wait_for
+from conftest import EMAILQ, Endpoint, Reply, free_port, run_emailq, wait_for
 from test_ingest import Ingest
 
 ENDPOINT_AUTH = "Bearer endpoint-secret-7c1d9a"
 SIGNING = "whsec_" + base64.b64encode(b"signing-secret-bytes-0123456789ab").decode()
 INGEST_AUTH = "Bearer ingest-secret-55e0f2"
 FLOWER_PASSWORD = "flower-secret-9b8a"
+FALLBACK_AUTH = "Key fallback-secret-0d4c2e"
+FALLBACK_SIGNING = "whsec_" + base64.b64encode(b"fallback-signing-bytes-98765432").decode()
 CODES = ["402913", "588201", "731064"]
 LINK = "https://app.example/magic?token=link-secret-3f2e"
 
 
 def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint, start_worker, tmp_path):
+    # A fallback endpoint too, with its own secrets: the retried email fails over to it.
+    fallback = Endpoint()
+    fallback.behave = lambda headers, body: Reply(503)
     env = {
         **settings_env,
+        "EMAILQ_FALLBACK_ENDPOINT_URL": fallback.url,
+        "EMAILQ_FALLBACK_ENDPOINT_AUTHORIZATION": FALLBACK_AUTH,
+        "EMAILQ_FALLBACK_SIGNING_SECRET": FALLBACK_SIGNING,
         "EMAILQ_ENDPOINT_AUTHORIZATION": ENDPOINT_AUTH,
         "EMAILQ_SIGNING_SECRET": SIGNING,
         "EMAILQ_INGEST_AUTHORIZATION": INGEST_AUTH,
@@ -69,6 +77,9 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
             seen += [result.stdout, result.stderr]
         bad_setting = run_emailq(["status"], {**env, "EMAILQ_MAX_ATTEMPTS": "x"}, tmp_path)
         seen.append(bad_setting.stderr)
+        bad_fallback = run_emailq(["status"], {**env, "EMAILQ_FALLBACK_ENDPOINT_AUTHORIZATION": FALLBACK_AUTH + "\x01"}, tmp_path)
+        assert "EMAILQ_FALLBACK_ENDPOINT_AUTHORIZATION" in bad_fallback.stderr
+        seen.append(bad_fallback.stderr)
 
         seen.append(httpx.get(ingest.url + "/metrics").text)
         seen.append(httpx.get(f"http://127.0.0.1:{env['EMAILQ_METRICS_PORT']}/metrics").text)
@@ -81,7 +92,9 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
         for task_id in tasks:
             seen.append(httpx.get(f"{flower_url}/api/task/info/{task_id}", auth=("ops", FLOWER_PASSWORD)).text)
         seen.append(httpx.get(flower_url + "/api/workers", auth=("ops", FLOWER_PASSWORD)).text)
+        assert fallback.received, "the retried email failed over to the fallback"
     finally:
+        fallback.close()
         ingest.stop()
         flower.terminate()
         flower.wait(10)
@@ -90,5 +103,6 @@ def test_no_secret_or_code_appears_anywhere(settings_env, redis_client, endpoint
     seen += [worker.output(), ingest.log.read_text(), flower_log.read_text()]
     everything = "\n".join(seen)
     assert "delivered" in worker.output() and "rejected" in everything  # we looked at real output
-    for secret in [ENDPOINT_AUTH, "endpoint-secret", SIGNING, INGEST_AUTH, "ingest-secret", FLOWER_PASSWORD, *CODES, "link-secret"]:
+    secrets = [ENDPOINT_AUTH, "endpoint-secret", SIGNING, INGEST_AUTH, "ingest-secret", FLOWER_PASSWORD, *CODES, "link-secret"]
+    for secret in [*secrets, FALLBACK_AUTH, "fallback-secret", FALLBACK_SIGNING]:
         assert secret not in everything, f"{secret!r} leaked"

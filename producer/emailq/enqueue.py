@@ -1,7 +1,7 @@
 """Putting emails on the queue: what a web app calls.
 
-Every email is validated before anything is written, a batch goes in one atomic
-transaction (all or none), and Redis gets a short timeout so that an unreachable
+Every email is validated before anything is written, a batch goes in one Lua script
+(all or none: `emailq.store.moves`), and Redis gets a short timeout so that an unreachable
 queue fails a web request fast instead of hanging it. When Redis fails, the error says
 honestly whether the write may have landed: nothing was sent, or it was sent and the
 answer was lost. With `EMAILQ_REDIS_MIN_REPLICAS`, an enqueue is acknowledged only once
@@ -23,45 +23,12 @@ from redis.retry import Retry
 
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
+from emailq.store.moves import NewEmail, enqueue_commands, enqueue_once_command
+from emailq.store.trace import TraceLimits, address_hash
 from emailq.message import Email, Envelope, parse_email
 from emailq.store.redis_client import redis_client, resolve_redis_url
 from emailq.settings import Settings, get_settings
 from emailq.task_message import task_message
-
-_CHUNK = 1000
-
-# Enqueue an email unless its idempotency key already enqueued one; returns the key's
-# record ("<email digest> <id>") when it did. LPUSH before SET: a script is not rolled
-# back, so the only write that can fail (LPUSH on a wrong type, or the first write under
-# maxmemory) must come first, or a key could be left without its email.
-#   KEYS[1] <p><q>:idem:<hash>   KEYS[2] the email's lane   KEYS[3] <p><q>:wake
-#   ARGV[1] record   ARGV[2] lifetime, ms   ARGV[3] task message   ARGV[4] wake tokens kept
-# The key is set right after the email lands (scripts are not rolled back): nothing after it can part the two.
-_ENQUEUE_ONCE = """
-local first = redis.call('GET', KEYS[1])
-if first then return first end
-redis.call('LPUSH', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('LPUSH', KEYS[3], 1)
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
-return false
-"""
-# One email onto its lane, and a wake-up token: one command and one reply, where a MULTI
-# would be five. The lane first: an error there (a full Redis, a wrong type) aborts the
-# script before anything is written. Waking is best effort (pcall): once the email is
-# on its lane, no error may say it is not.
-#   KEYS[1] the email's lane   KEYS[2] <p><q>:wake   ARGV[1] task message   ARGV[2] tokens kept
-_ENQUEUE_ONE = """
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.pcall('LPUSH', KEYS[2], 1)
-redis.pcall('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-return 1
-"""
-# Idle workers block on the wake list; one token wakes one worker, which then takes until
-# the lanes are empty, so a batch needs only a few.
-WAKE_TOKENS_PER_BATCH = 64
-WAKE_TOKENS_KEPT = 1000
-
 
 __all__ = ["Producer", "ProducerBase", "connect", "resolve_redis_url", "send_email", "send_many"]
 
@@ -98,9 +65,9 @@ class ProducerBase:
             max_bytes=self.settings.max_message_bytes,
         )
 
-    def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[tuple[str, str]]]:
-        """The ids and `(lane, task message)` pairs of `emails`; raises InvalidMessage naming
-        every bad item (by index) before anything is written."""
+    def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[NewEmail]]:
+        """The ids and task messages of `emails`; raises InvalidMessage naming every bad item
+        (by index) before anything is written."""
         checked: list[Email] = []
         problems: list[str] = []
         for index, email in enumerate(emails):
@@ -111,7 +78,11 @@ class ProducerBase:
         if problems:
             raise InvalidMessage(problems)
         envelopes = [self._wrap(e, bulk) for e in checked]
-        return [e.id for e in envelopes], [(lane, task_message(e, lane)) for e in envelopes for lane in [self._lane(e)]]
+        return [e.id for e in envelopes], [self._new(e) for e in envelopes]
+
+    def _new(self, envelope: Envelope) -> NewEmail:
+        lane = self._lane(envelope)
+        return NewEmail(lane, task_message(envelope, lane), envelope.id, address_hash(envelope.message.to))
 
     def _wrap(self, email: Email, bulk: bool) -> Envelope:
         settings = self.settings
@@ -128,35 +99,19 @@ class ProducerBase:
         checked = self.validate(email)
         envelope = self._wrap(checked, False)
         digest = _digest(checked)
-        keys, lane = Keys.of(self.settings), self._lane(envelope)
-        command = (
-            "EVAL",
-            _ENQUEUE_ONCE,
-            3,
-            keys.idempotency(hashlib.sha256(key.encode()).hexdigest()),
-            lane,
-            keys.wake,
-            f"{digest} {envelope.id}",
-            max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000)),
-            task_message(envelope, lane),
-            WAKE_TOKENS_KEPT,
-        )
+        lifetime_ms = max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000))
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        record = f"{digest} {envelope.id}"
+        command = enqueue_once_command(Keys.of(self.settings), self._trace, key_hash, record, lifetime_ms, self._new(envelope))
         return envelope, digest, command
 
-    def _push_commands(self, messages: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """One MULTI that LPUSHes each message onto its lane, with wake-up tokens (one
-        script for one message)."""
-        wake = Keys.of(self.settings).wake
-        if len(messages) == 1:
-            [(lane, message)] = messages
-            return [("EVAL", _ENQUEUE_ONE, 2, lane, wake, message, WAKE_TOKENS_KEPT)]
-        lanes: dict[str, list[str]] = {}
-        for lane, message in messages:
-            lanes.setdefault(lane, []).append(message)
-        # LPUSH takes so many arguments at once: chunks, inside the one MULTI.
-        chunks = [("LPUSH", lane, *batch[i : i + _CHUNK]) for lane, batch in lanes.items() for i in range(0, len(batch), _CHUNK)]
-        tokens = min(len(messages), WAKE_TOKENS_PER_BATCH)
-        return [("MULTI",), *chunks, ("LPUSH", wake, *[1] * tokens), ("LTRIM", wake, 0, WAKE_TOKENS_KEPT - 1), ("EXEC",)]
+    @property
+    def _trace(self) -> TraceLimits:
+        return TraceLimits.of(self.settings)
+
+    def _push_commands(self, emails: list[NewEmail]) -> list[tuple[Any, ...]]:
+        """The commands that put new emails on their lanes, all or none."""
+        return enqueue_commands(Keys.of(self.settings), self._trace, emails)
 
 
 class Producer(ProducerBase):
@@ -205,10 +160,10 @@ class Producer(ProducerBase):
         envelope, digest, command = self._once(email, key)
         return _once_result(self._write([command], ids=[envelope.id]), envelope, digest)
 
-    def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
-        """LPUSH ready-made task messages, each onto its lane (`(lane, message)` pairs),
-        with wake-up tokens for idle workers, in one MULTI (all or none); `ids`, when
-        given, name them in a QueueUnavailable."""
+    def push(self, messages: list[NewEmail], *, ids: list[str] | None = None) -> None:
+        """Put ready-made task messages on their lanes, with wake-up tokens for idle
+        workers, in one script (all or none); `ids`, when given, name them in a
+        QueueUnavailable."""
         if messages:
             self._write(self._push_commands(messages), ids=ids)
 
@@ -229,8 +184,8 @@ class Producer(ProducerBase):
         sent = False
         try:
             connection.check_health()  # a PING when idle a while; its failure sent nothing
-            # A failure while sending leaves the last command incomplete: Redis runs none
-            # of it (a batch is one MULTI ... EXEC).
+            # A failure while sending leaves the command incomplete: Redis runs none of it
+            # (a batch is one script).
             connection.send_packed_command(connection.pack_commands(commands), check_health=False)
             sent = True
             replies = [connection.read_response() for _ in commands]

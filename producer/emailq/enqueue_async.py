@@ -29,6 +29,7 @@ from emailq.enqueue import ProducerBase, _once_result, confirm_replicas, fail_fa
 from emailq.errors import QueueUnavailable
 from emailq.message import Email
 from emailq.settings import Settings, get_settings
+from emailq.store.moves import NewEmail
 from emailq.store.redis_client import async_redis_client
 
 __all__ = ["AsyncProducer", "connect_async", "send_email_async", "send_many_async"]
@@ -80,8 +81,8 @@ class AsyncProducer(ProducerBase):
         envelope, digest, command = self._once(email, key)
         return _once_result(await self._write([command], ids=[envelope.id]), envelope, digest)
 
-    async def push(self, messages: list[tuple[str, str]], *, ids: list[str] | None = None) -> None:
-        """LPUSH ready-made task messages onto their lanes in one MULTI. As `Producer.push`."""
+    async def push(self, messages: list[NewEmail], *, ids: list[str] | None = None) -> None:
+        """Put ready-made task messages on their lanes, all or none. As `Producer.push`."""
         if messages:
             await self._write(self._push_commands(messages), ids=ids)
 

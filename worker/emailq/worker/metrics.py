@@ -11,8 +11,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=False)
 
-DELIVERED = Counter("emailq_delivered", "Emails the endpoint accepted (2xx).", registry=REGISTRY)
-RETRIED = Counter("emailq_retried", "Delivery attempts that failed and were retried.", registry=REGISTRY)
+# `endpoint` is primary or fallback (`EMAILQ_FALLBACK_ENDPOINT_URL`): the one that answered.
+DELIVERED = Counter("emailq_delivered", "Emails an endpoint accepted (2xx), by endpoint.", ["endpoint"], registry=REGISTRY)
+RETRIED = Counter("emailq_retried", "Deliveries that failed and were retried, by the endpoint of the last attempt.", ["endpoint"], registry=REGISTRY)
+FAILED_OVER = Counter(
+    "emailq_failed_over",
+    "Attempts on the primary that failed with an outage or a 429 and were made again on the fallback at once.",
+    registry=REGISTRY,
+)
 DEAD_LETTERED = Counter("emailq_dead_lettered", "Emails moved to the dead-letter queue, by reason.", ["reason"], registry=REGISTRY)
 DLQ_DROPPED = Counter(
     "emailq_dlq_dropped",
@@ -20,7 +26,12 @@ DLQ_DROPPED = Counter(
     ["why"],
     registry=REGISTRY,
 )
-BREAKER_OPEN = Gauge("emailq_breaker_open", "1 while deliveries are held because the endpoint looks down.", registry=REGISTRY)
+BREAKER_OPEN = Gauge(
+    "emailq_breaker_open",
+    "1 while the endpoint's circuit breaker is open (it looks down: emails go to the other one, or wait).",
+    ["endpoint"],
+    registry=REGISTRY,
+)
 DELIVERY_SECONDS = Histogram(
     "emailq_delivery_seconds",
     "From enqueue to the endpoint's 2xx.",

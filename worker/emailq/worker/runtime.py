@@ -16,10 +16,13 @@ import threading
 from collections.abc import Callable
 
 from emailq.store.keys import Keys
+from emailq.store.trace import TraceLimits
 from emailq.store.redis_client import redis_client
 from emailq.settings import Settings, get_settings
 from emailq.worker import metrics
 from emailq.worker.delivery.circuit_breaker import CircuitBreaker
+from emailq.worker.delivery.endpoints import FALLBACK, PRIMARY
+from emailq.worker.delivery.failover import Failover
 from emailq.worker.places.dead_letters import DeadLetters
 from emailq.worker.delivery.deliverer import Deliverer, build_client
 from emailq.worker.delivery.http_client import HttpClient
@@ -54,24 +57,50 @@ class Runtime:
             max_connections=max(settings.concurrency, _pool_threads) + SPARE_CONNECTIONS,
         )
         keys = Keys.of(settings)
-        self.in_flight = InFlight(self.redis, settings.redis_key_prefix)
-        self.schedule = RetrySchedule(self.redis, keys)
+        trace = TraceLimits.of(settings)
+        self.in_flight = InFlight(self.redis, settings.redis_key_prefix, trace=trace)
+        self.schedule = RetrySchedule(self.redis, keys, trace=trace)
         self.dead_letters = DeadLetters(
             self.redis,
             keys,
             max_entries=settings.dlq_max_entries,
             max_age_seconds=settings.dlq_max_age_seconds,
+            trace=trace,
         )
-        self.breaker = CircuitBreaker(
-            settings.breaker_threshold,
-            settings.breaker_probe_seconds,
-            on_change=lambda is_open: metrics.BREAKER_OPEN.set(int(is_open)),
-        )
+        # One endpoint: the breaker counts failed attempts per email, as it always has.
+        # With a fallback, each endpoint's breaker is judged on its own POSTs, and this
+        # gates the consumer only while every endpoint is open (`failover.py`).
+        self.failover: Failover | None = None
+        self.breaker: CircuitBreaker | Failover
+        if settings.fallback_endpoint_url is None:
+            self.breaker = CircuitBreaker(
+                settings.breaker_threshold,
+                settings.breaker_probe_seconds,
+                on_change=lambda is_open: metrics.BREAKER_OPEN.labels(PRIMARY).set(int(is_open)),
+            )
+        else:
+            self.failover = self.breaker = Failover(
+                settings.breaker_threshold,
+                settings.breaker_probe_seconds,
+                settings.fallback_only,
+                on_change=lambda name, is_open: metrics.BREAKER_OPEN.labels(name).set(int(is_open)),
+            )
+
+        for name in (PRIMARY,) if self.failover is None else (PRIMARY, FALLBACK):
+            metrics.BREAKER_OPEN.labels(name).set(0)  # shown from the start, not once it first opens
 
     @functools.cached_property
     def deliverer(self) -> Deliverer:
         """Built at the first delivery, with the client `use_http_client` chose."""
-        return Deliverer(self.settings, client=_http_client_factory(self.settings))
+        return Deliverer(self.settings, client=_http_client_factory(self.settings), failover=self.failover, stopping=_stopping)
+
+
+def _stopping() -> bool:
+    """Whether Celery began a warm or cold shutdown: its signal handlers set these to the
+    exit code, 0 included (so not a truth test: Celery's own `maybe_shutdown` reads them so)."""
+    from celery.worker import state
+
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
 
 
 _runtime: Runtime | None = None

@@ -19,7 +19,12 @@ CONNECT_TIMEOUT_SECONDS = 2
 # The pool module too: it checks, as the worker starts, that no other pool was asked for.
 app = Celery(
     "emailq",
-    include=["emailq.worker.celery_glue.tasks", "emailq.worker.celery_glue.pool", "emailq.worker.observability"],
+    include=[
+        "emailq.worker.celery_glue.tasks",
+        "emailq.worker.celery_glue.pool",
+        "emailq.worker.observability",
+        "emailq.worker.celery_glue.endpoint_control",
+    ],
 )
 
 

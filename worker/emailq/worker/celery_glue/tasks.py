@@ -123,23 +123,29 @@ def _follow(task: Any, taken: Taken, envelope: Envelope, outcome: Outcome) -> No
         rt.breaker.succeeded()
     if outcome.status == 429 and rt.settings.rate_limit:
         taking.slow_down(rt.redis, Keys.of(rt.settings))
+    if outcome.earlier:
+        metrics.FAILED_OVER.inc()
     if outcome.delivered:
-        metrics.DELIVERED.inc()
+        metrics.DELIVERED.labels(outcome.endpoint).inc()
         metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - envelope.created_at))
-        log.info("delivered %s in %d attempt(s)", envelope.id, envelope.attempts + 1)
+        log.info("delivered %s in %d attempt(s)%s", envelope.id, envelope.attempts + len(outcome.attempts), _by(outcome))
         return
     if outcome.retry_in is not None:
         assert outcome.attempt is not None  # a retry follows an attempt
-        retry = envelope.after(outcome.attempt)
+        retry = envelope
+        for attempt in outcome.attempts:  # a failed primary's attempt, then the fallback's
+            retry = retry.after(attempt)
         # Back to the lane it came from (the task message's routing key says which).
         message = task_message(retry, taken.lane)
-        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0)):
-            metrics.RETRIED.inc()
+        why = _why(envelope.attempts, outcome)
+        if _settle(taken, "retry", lambda t: rt.schedule.add(t.inflight_key, t.item, message, outcome.retry_in or 0, why)):
+            metrics.RETRIED.labels(outcome.endpoint).inc()
             log.info(
-                "attempt %d of %s failed (%s): retrying in %.1fs",
+                "attempt %d of %s failed (%s%s): retrying in %.1fs",
                 retry.attempts,
                 envelope.id,
                 outcome.error,
+                _by(outcome, " from the "),
                 outcome.retry_in,
             )
         return
@@ -154,7 +160,8 @@ def _give_back_for_a_newer_worker(task: Any, taken: Taken, version: int) -> None
     rt = runtime.get()
     rt.breaker.skipped()
     delay = NEWER_FORMAT_RETRY_SECONDS
-    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay)):
+    why = f"envelope format {version}, for an upgraded worker"
+    if _settle(taken, "give-back", lambda t: rt.schedule.add(t.inflight_key, t.item, t.item, delay, why)):
         log.warning(
             "%s is in envelope format %d, newer than this worker's %d: back to its lane in %ds for an upgraded worker (upgrade this one)",
             task.request.id,
@@ -191,8 +198,23 @@ def _settle(taken: Taken, what: str, move: Callable[[Taken], bool]) -> bool:
     return runtime.get().in_flight.move(taken, what, step) and moved[-1]
 
 
+def _why(before: int, outcome: Outcome) -> str:
+    """What `emailq trace` shows of a retry: each attempt of this delivery (two when it
+    failed over), its number, what it met and, with a fallback, which endpoint."""
+    parts = []
+    for number, attempt in enumerate(outcome.attempts, start=before + 1):
+        met = f"HTTP {attempt['status']}" if attempt.get("status") is not None else str(attempt.get("error", "")).partition(":")[0][:80]
+        parts.append(f"attempt {number}: {met}" + (f" from the {attempt['endpoint']}" if "endpoint" in attempt else ""))
+    return "; ".join(parts)
+
+
+def _by(outcome: Outcome, word: str = " by the ") -> str:
+    """Which endpoint, in a log line; nothing when there is no fallback to tell apart."""
+    return f"{word}{outcome.endpoint}" if outcome.attempt and "endpoint" in outcome.attempt else ""
+
+
 def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
-    history = [*envelope.history, *([outcome.attempt] if outcome.attempt else [])]
+    history = [*envelope.history, *outcome.attempts]
     return DeadLetter(
         id=envelope.id,
         reason=outcome.reason or "exhausted",
@@ -209,7 +231,12 @@ def _entry(envelope: Envelope, outcome: Outcome) -> DeadLetter:
 
 def _redacted(text: str) -> str:
     settings = runtime.get().settings
-    for secret in (settings.endpoint_authorization, settings.signing_secret):
+    for secret in (
+        settings.endpoint_authorization,
+        settings.signing_secret,
+        settings.fallback_endpoint_authorization,
+        settings.fallback_signing_secret,
+    ):
         if secret is not None and secret.get_secret_value():
             text = text.replace(secret.get_secret_value(), "***")
     return text

@@ -2,11 +2,12 @@
 
 What changes from kombu's Redis channel:
 
-- The pop is a BLMOVE from the queue onto this process's in-flight list, and the email
-  stays there until it is settled; nothing else is written per email. kombu's shared,
+- The pop is the take (`emailq.store.moves`' `take.lua`, sent by `Taker`): up to 16
+  emails from the lanes onto this process's in-flight list, where each stays until it is
+  settled; nothing else is written per email. kombu's shared,
   unprefixed `unacked` hash is never used, so another Celery app on the same database is
   never touched, and a closed channel (a dropped connection) gives nothing back.
-- While the circuit breaker is open, or Redis is full (it refuses BLMOVE under
+- While the circuit breaker is open, or Redis is full (it refuses the take under
   `noeviction`), or answers the take with any other error (a key of the wrong type,
   BUSY with a script, a replica's READONLY), the channel stops popping
   (`QoS.can_consume`), says so once, and tries again every second, instead of dying.
@@ -152,7 +153,7 @@ class Channel(kombu_redis.Channel):
         """SCRIPT LOAD the take; a refusal (BUSY, a full Redis) is a take refused, and the
         next take's NOSCRIPT loads it again."""
         try:
-            self._take_sha = self.client.script_load(TAKE)
+            self._take_sha = self.client.script_load(TAKE.source)
         except redis.exceptions.OutOfMemoryError as error:
             ROOM.refused(error)
         except redis.exceptions.ResponseError as error:
@@ -165,7 +166,9 @@ class Channel(kombu_redis.Channel):
         taker = self._takers.get(queue)
         # A new owner name after this worker was taken for dead (`heartbeat.py`): new lists.
         if taker is None or taker.owner != rt.in_flight.owner:
-            taker = self._takers[queue] = Taker(rt.in_flight.keys(queue), rt.in_flight.owner, rt.settings.rate_limit, rt.settings.bulk_every)
+            taker = self._takers[queue] = Taker(
+                rt.in_flight.keys(queue), rt.in_flight.owner, rt.settings.rate_limit, rt.settings.bulk_every, rt.in_flight.trace.ms
+            )
         return taker
 
     def _brpop_start(self, timeout: Any = None) -> None:
@@ -220,6 +223,10 @@ class Channel(kombu_redis.Channel):
                 reply = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
+                if command == "take":
+                    # Redis may have run it: emails in this worker's list that nobody
+                    # here knows of. The housekeeper's own connection saw nothing wrong.
+                    runtime.get().in_flight.take_reply_lost()
                 raise
             except redis.exceptions.OutOfMemoryError as error:
                 ROOM.refused(error)
@@ -320,7 +327,7 @@ class Channel(kombu_redis.Channel):
             return int(client.llen(queue))
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
-        raise Empty()  # emailq consumes only by BLMOVE: an email must land in an in-flight list
+        raise Empty()  # emailq consumes only by its take: an email must land in an in-flight list
 
 
 def _decode(item: bytes) -> tuple[str, Any]:

@@ -20,6 +20,7 @@ from emailq.store.keys import Keys
 from emailq.store.redis_client import primary_address
 from emailq.settings import Settings, get_settings
 from emailq.worker.commands.dlq import dlq
+from emailq.worker.commands.trace import trace
 
 MAX_PROBLEMS_SHOWN = 1000
 
@@ -38,6 +39,7 @@ def cli(lifeline: int | None) -> None:
 
 
 cli.add_command(dlq)
+cli.add_command(trace)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -50,7 +52,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     settings = get_settings()
     if settings.endpoint_url is None:
         raise ConfigError("EMAILQ_ENDPOINT_URL: required by 'emailq worker' (where to POST emails)")
-    _require_blmove(settings)
+    _require_redis_6_2(settings)
     from emailq.worker.celery_glue.app import app
 
     argv = [
@@ -65,7 +67,7 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str | None, logl
     app.worker_main(argv)
 
 
-def _require_blmove(settings: Settings) -> None:
+def _require_redis_6_2(settings: Settings) -> None:
     import redis
 
     try:
@@ -73,7 +75,7 @@ def _require_blmove(settings: Settings) -> None:
     except redis.RedisError:
         return  # unreachable for now: the worker waits for it and says so
     if tuple(int(part) for part in version.split(".")[:2]) < (6, 2):
-        # The worker pops with BLMOVE, which came in Redis 6.2.
+        # The moves use LMOVE and LPOS (emailq/store/lua), which came in Redis 6.2.
         raise ConfigError(f"EMAILQ_REDIS_URL: the worker needs Redis 6.2 or newer; this one is {version}")
 
 
@@ -146,6 +148,8 @@ def status(as_json: bool, check: bool) -> None:
         report["primary"] = primary
     replies = app.control.ping(timeout=1.0) or []
     report["workers"] = sorted(name for reply in replies for name in reply)
+    if settings.fallback_endpoint_url is not None:
+        report["endpoints"] = _endpoints(app)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -157,6 +161,16 @@ def status(as_json: bool, check: bool) -> None:
     if primary is not None:
         click.echo(f"Redis primary: {primary} (Sentinel service {settings.redis_sentinel_master})")
     click.echo(f"workers online: {len(report['workers'])} {' '.join(report['workers'])}".rstrip())
+    for worker, state in sorted(report.get("endpoints", {}).items()):
+        click.echo(f"{worker}: primary {state['primary']}, fallback {state['fallback']}: sending to {state['sending_to']}")
+
+
+def _endpoints(app: Any) -> dict[str, dict[str, str]]:
+    """Each worker's breakers and where it sends emails (`endpoint_control.py`)."""
+    from emailq.worker.celery_glue.endpoint_control import COMMAND
+
+    replies = app.control.broadcast(COMMAND, reply=True, timeout=1.0) or []
+    return {name: state for reply in replies for name, state in reply.items() if isinstance(state, dict) and "primary" in state}
 
 
 def _check(audit: census.Audit, as_json: bool) -> None:

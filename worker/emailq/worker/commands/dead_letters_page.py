@@ -21,6 +21,7 @@ from tornado.web import url
 from emailq.worker.commands.bulk_actions import ACTIONS, Busy
 from emailq.worker.commands.flower_pages import ensure_indexes
 from emailq.worker.commands.page_handler import PageHandler, Pages, log
+from emailq.worker.commands.trace_search import TraceSearch
 from emailq.worker.places.dead_letter_query import Cursor, Filter
 from emailq.worker.places.dead_letters import REASONS, DeadLetter
 
@@ -142,6 +143,7 @@ def routes(pages: Pages) -> list[url]:
         url(r"/dead-letters/actions", StartAction, kwargs, name="dead_letters_start"),
         url(r"/dead-letters/action", ActionProgress, kwargs, name="dead_letters_action"),
         url(r"/dead-letters/action/progress\.json", ActionProgressJson, kwargs, name="dead_letters_progress"),
+        url(r"/dead-letters/search", TraceSearch, kwargs, name="trace_search"),
     ]
 
 

@@ -23,6 +23,7 @@ import redis
 
 from emailq.enqueue import connect
 from emailq.store.keys import Keys
+from emailq.store.trace import TraceLimits
 from emailq.store.redis_client import confirm_writes
 from emailq.settings import get_settings
 from emailq.worker.places.dead_letters import REASONS, DeadLetter, DeadLetters
@@ -38,6 +39,7 @@ def dead_letters(client: redis.Redis | None = None) -> DeadLetters:
         Keys.of(settings),
         max_entries=settings.dlq_max_entries,
         max_age_seconds=settings.dlq_max_age_seconds,
+        trace=TraceLimits.of(settings),
     )
 
 

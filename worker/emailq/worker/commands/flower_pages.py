@@ -3,7 +3,7 @@
 Flower builds its Tornado app from the list `flower.urls.handlers` and the settings
 dict `flower.urls.settings` when it starts; `install` adds to both before that:
 
-- the dead letters page's routes, inserted before Flower's catch-all 404 route;
+- the dead letters page's routes (its trace search's too), inserted before Flower's catch-all 404 route;
 - a template loader (Tornado's `template_loader` setting, which every handler then
   uses): emailq's templates (`templates/`, package data) beside Flower's, and Flower's
   `navbar.html` with one more link, "Dead letters", after its Broker link.
@@ -67,6 +67,7 @@ def install(settings: Settings) -> None:
     from emailq.worker.commands.bulk_actions import BulkActions
     from emailq.worker.commands.dead_letters_page import routes
     from emailq.worker.commands.dlq import dead_letters
+    from emailq.store.trace import Trace
     from emailq.worker.commands.page_handler import Pages
     from emailq.worker.places.dead_letter_query import DeadLetterQuery
 
@@ -74,7 +75,7 @@ def install(settings: Settings) -> None:
     keys = Keys.of(settings)
     store = dead_letters(client)
     query = DeadLetterQuery(client, keys)
-    pages = Pages(settings, client, store, query, BulkActions(store, query, settings))
+    pages = Pages(settings, client, store, query, BulkActions(store, query, settings), Trace(client, keys))
     catch_all = next(i for i, h in enumerate(handlers) if isinstance(h, tuple) and h[0] == r".*")
     handlers[catch_all:catch_all] = routes(pages)
     app_settings["template_loader"] = Templates(app_settings["template_path"])

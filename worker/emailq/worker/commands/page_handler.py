@@ -8,6 +8,10 @@ is set: a restart asks for a reload). A cross-site page cannot read it; a reques
 without it, or with another operator's, is refused with 403 before the handler runs.
 Tornado checks it before the method's `@authenticated`, so the operator is read here
 first: a request without credentials is a 401 either way.
+
+A query string here can hold an address (a recipient filter, a search), so what Tornado
+logs of a request (refusals, errors; every request under Flower's --debug) names its
+path only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tornado.web
 from flower.views import BaseHandler
 
 from emailq.settings import Settings
+from emailq.store.trace import Trace
 from emailq.worker.commands.bulk_actions import BulkActions
 from emailq.worker.places.dead_letter_query import DeadLetterQuery
 from emailq.worker.places.dead_letters import DeadLetters
@@ -44,6 +49,7 @@ class Pages:
     store: DeadLetters
     query: DeadLetterQuery
     bulk: BulkActions
+    trace: Trace
 
 
 class PageHandler(BaseHandler):
@@ -82,6 +88,15 @@ class PageHandler(BaseHandler):
         namespace["operator"] = self.operator
         namespace["when"] = when
         return namespace
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)  # one line, with the summary above
+        else:  # Tornado's own line would add the request's repr, query string and all
+            log.error("uncaught exception in %s", self._request_summary(), exc_info=(typ, value, tb))
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on Flower's thread pool: Redis round trips never stall its loop."""

@@ -11,8 +11,8 @@ Redis layout (`emailq.store.keys`), beside `<p><q>:dlq` and `<p><q>:dlq:index`:
 - `<p><q>:dlq:indexed`     string  set once every entry is indexed
 - `<p><q>:dlq:indexing`    string  the lease of the one process building them
 
-They are kept by `INDEX_LUA`, two Lua functions that the scripts of `dead_letters.py`
-call in the same step that moves an entry: `index_entry` after an entry is written,
+They are kept by `emailq/store/lua/dlq_index.lua`, two Lua functions that every move in
+or out of the DLQ (`emailq.store.moves`) calls in the same step: `index_entry` after an entry is written,
 `unindex_entry` before one is deleted. Both derive every key from KEYS[1] (the `:dlq`
 hash), so adding them changed no script's KEYS or ARGV. A count moves only when its
 ZADD or ZREM did, so the counts are always the zsets' sizes, whatever ran twice.
@@ -33,79 +33,13 @@ from typing import cast
 import redis
 
 from emailq.store.keys import Keys
+from emailq.store.moves import Moves
+from emailq.store.scripts import script
 
 log = logging.getLogger("emailq.worker")
 
 BATCH = 500
 LEASE_SECONDS = 60  # a builder that died lets another take over after this long
-
-# The facets of an entry (its JSON row): reason and template type (nil: no message).
-# pcall: a row that is not JSON keeps its move working, only unindexed.
-INDEX_LUA = """
-local function dlq_facets(row)
-  local ok, e = pcall(cjson.decode, row)
-  if not ok or type(e) ~= 'table' or type(e.reason) ~= 'string' then return nil end
-  local t = nil
-  local env = e.envelope
-  if type(env) == 'table' and type(env.message) == 'table' and type(env.message.type) == 'string' then
-    t = env.message.type
-  end
-  return e.reason, t
-end
-local function dlq_facet_keys(reason, t)
-  local base = KEYS[1] .. ':'
-  local tkey, tfield = base .. 'no-type', 'no-type'
-  if t then tkey, tfield = base .. 'type:' .. t, 'type:' .. t end
-  return {{base .. 'reason:' .. reason, 'reason:' .. reason}, {tkey, tfield}}
-end
-local function index_entry(id, row, score)
-  local reason, t = dlq_facets(row)
-  if not reason then return end
-  for _, kf in ipairs(dlq_facet_keys(reason, t)) do
-    if redis.call('ZADD', kf[1], score, id) == 1 then redis.call('HINCRBY', KEYS[1] .. ':counts', kf[2], 1) end
-  end
-end
-local function unindex_entry(id)
-  local row = redis.call('HGET', KEYS[1], id)
-  if not row then return end
-  local reason, t = dlq_facets(row)
-  if not reason then return end
-  local counts = KEYS[1] .. ':counts'
-  for _, kf in ipairs(dlq_facet_keys(reason, t)) do
-    if redis.call('ZREM', kf[1], id) == 1 and redis.call('HINCRBY', counts, kf[2], -1) <= 0 then
-      redis.call('HDEL', counts, kf[2])
-    end
-  end
-end
-"""
-
-# KEYS: dlq, index. ARGV: ids. Indexes those still in the DLQ (idempotent).
-_BUILD = (
-    INDEX_LUA
-    + """
-for _, id in ipairs(ARGV) do
-  local row = redis.call('HGET', KEYS[1], id)
-  if row then index_entry(id, row, redis.call('ZSCORE', KEYS[2], id)) end
-end
-return #ARGV
-"""
-)
-
-# KEYS: lease. ARGV: token, ms. Extends the lease if it is still ours (the value is the
-# token, then a space and what its holder said of itself).
-_EXTEND = """
-local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS: lease. ARGV: token. Releases the lease if it is still ours.
-_RELEASE = """
-local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
 
 
 class Lease:
@@ -117,8 +51,8 @@ class Lease:
         self.key = key
         self.ms = int(seconds * 1000)
         self.token = secrets.token_hex(8)
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(script("lease_extend").source)
+        self._release = client.register_script(script("lease_release").source)
 
     def acquire(self, about: str = "") -> bool:
         """True when taken; `about` (who holds it, doing what) is shown to those refused."""
@@ -143,7 +77,7 @@ class DeadLetterIndex:
     def __init__(self, client: redis.Redis, keys: Keys):
         self._redis = client
         self.keys = keys
-        self._build = client.register_script(_BUILD)
+        self._moves = Moves(client, keys)
 
     def ready(self) -> bool:
         return bool(self._redis.exists(self.keys.dlq_indexed))
@@ -202,7 +136,7 @@ class DeadLetterIndex:
             while True:
                 cursor, rows = self._redis.zscan(self.keys.dlq_index, cursor, count=BATCH)
                 if rows:
-                    done += self._build(keys=[self.keys.dlq, self.keys.dlq_index], args=[m for m, _ in rows])
+                    done += self._moves.dlq_index_build([cast(bytes, m) for m, _ in rows])
                 if not lease.extend():
                     log.warning("DLQ indexing lost its lease; another process goes on")
                     return False

@@ -5,10 +5,10 @@ Redis layout (`emailq.store.keys`), next to the queue `<p><q>` (key prefix, queu
 - `<p><q>:dlq`        hash, message id -> JSON entry (see `DeadLetter`)
 - `<p><q>:dlq:index`  sorted set, message id scored by the time it failed
 - `<p><q>:dlq:reason:<r>`, `<p><q>:dlq:type:<t>`, `<p><q>:dlq:counts`: the reason and
-  type indexes of the dead letters page, kept by the same scripts (`INDEX_LUA`'s
-  `index_entry` / `unindex_entry` lines); see `dead_letter_index`
+  type indexes of the dead letters page, kept by the same scripts (`dlq_index.lua`'s
+  `index_entry` / `unindex_entry`); see `dead_letter_index`
 
-Every move in or out is one atomic step (MULTI/EXEC or a Lua script), so a crash in the
+Every move in or out is one Lua script of `emailq.store.moves`, so a crash in the
 middle of a replay or purge leaves each email either in the DLQ or on the queue, never
 both and never neither. The CLI, `emailq status`, metrics and tests all use this class.
 
@@ -39,10 +39,11 @@ from pydantic import ValidationError
 
 from emailq.errors import NotFound
 from emailq.store.keys import Keys
+from emailq.store.moves import Moves
+from emailq.store.trace import TraceLimits
 from emailq.message import Envelope, masked
 from emailq.task_message import task_message
 from emailq.worker import metrics
-from emailq.worker.places.dead_letter_index import INDEX_LUA
 from emailq.worker.places.raw_masking import masked_raw
 
 log = logging.getLogger("emailq.worker")
@@ -57,101 +58,6 @@ DEFAULT_MAX_ENTRIES = 10_000  # as many as Sidekiq keeps
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600  # as long as Dramatiq keeps: personal data, lean short
 TRIM_PER_ADD = 100  # entries an add may drop at most
 BATCH = 500  # ids per round trip (and per script call) when walking the DLQ
-
-# Retention, shared by the scripts below. KEYS: dlq, index. Drops the entries that failed
-# more than `max_age` seconds ago by Redis's clock (0: no age limit), then the oldest
-# beyond `max_entries` (0: no cap), at most `budget` in all, each with its index entries.
-# Returns {dropped by count, dropped by age}.
-_RETAIN = (
-    INDEX_LUA
-    + """
-local function retain(max_entries, max_age, budget)
-  local old = {}
-  if max_age > 0 then
-    local t = redis.call('TIME')
-    local cutoff = tonumber(t[1]) + tonumber(t[2]) / 1000000 - max_age
-    old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, budget)
-  end
-  if #old > 0 then
-    for _, id in ipairs(old) do unindex_entry(id) end
-    redis.call('HDEL', KEYS[1], unpack(old))
-    redis.call('ZREM', KEYS[2], unpack(old))
-  end
-  local excess = 0
-  if max_entries > 0 then excess = redis.call('ZCARD', KEYS[2]) - max_entries end
-  local n = math.min(excess, budget - #old)
-  local over = {}
-  if n > 0 then
-    over = redis.call('ZRANGE', KEYS[2], 0, n - 1)
-    for _, id in ipairs(over) do unindex_entry(id) end
-    redis.call('HDEL', KEYS[1], unpack(over))
-    redis.call('ZREM', KEYS[2], unpack(over))
-  end
-  return {#over, #old}
-end
-"""
-)
-
-# KEYS: dlq, index, in-flight list (or a dummy). ARGV: id, entry, failed_at, taken item
-# ('' when the entry comes from nowhere), then retention's max_entries, max_age, budget.
-# Types are checked first so that a key of the wrong type fails the whole move rather
-# than half of it; retention runs last, so a Redis too full for the HSET refuses the add
-# before anything is dropped (a drop is never left unlogged). Returns {added (0: the list
-# no longer held the item), dropped by count, dropped by age}.
-_ADD = (
-    _RETAIN
-    + """
-if ARGV[4] ~= '' and not redis.call('LPOS', KEYS[3], ARGV[4]) then return {0, 0, 0} end
-local t1, t2 = redis.call('TYPE', KEYS[1]).ok, redis.call('TYPE', KEYS[2]).ok
-if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'zset') then
-  return redis.error_reply('WRONGTYPE the dead-letter keys hold another type')
-end
-unindex_entry(ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-index_entry(ARGV[1], ARGV[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[4]) end
-local dropped = retain(tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
-return {1, dropped[1], dropped[2]}
-"""
-)
-
-# KEYS: dlq, index. ARGV: max_entries, max_age, budget.
-_TRIM = (
-    _RETAIN
-    + """
-return retain(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
-"""
-)
-
-# KEYS: dlq, index, the email's lane, the wake list. ARGV: id, the task message.
-_REPLAY = (
-    INDEX_LUA
-    + """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-unindex_entry(ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[2])
-redis.call('LPUSH', KEYS[4], 1)
-redis.call('LTRIM', KEYS[4], 0, 999)
-return 1
-"""
-)
-
-# KEYS: dlq, index. ARGV: ids. Deletes those still there; returns how many were.
-_PURGE = (
-    INDEX_LUA
-    + """
-local removed = 0
-for _, id in ipairs(ARGV) do
-  unindex_entry(id)
-  removed = removed + redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-return removed
-"""
-)
 
 
 @dataclass
@@ -237,6 +143,7 @@ class DeadLetters:
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        trace: TraceLimits | None = None,
     ):
         self._redis = client
         self.keys = keys
@@ -244,10 +151,7 @@ class DeadLetters:
         self.max_age_seconds = max_age_seconds
         self.key = keys.dlq
         self.index_key = keys.dlq_index
-        self._replay = client.register_script(_REPLAY)
-        self._add = client.register_script(_ADD)
-        self._trim = client.register_script(_TRIM)
-        self._purge = client.register_script(_PURGE)
+        self._moves = Moves(client, keys, trace)
 
     @property
     def redis(self) -> redis.Redis:
@@ -260,13 +164,11 @@ class DeadLetters:
         (in-flight list, item), move the item out of that list in the same step. False
         when the list no longer holds the item. The same step applies the retention policy
         to at most `TRIM_PER_ADD` older entries."""
-        inflight, item = taken_from or (self.key, b"")
         seconds, micros = self._redis.time()
         entry.failed_at = seconds + micros / 1_000_000
-        added, by_count, by_age = self._add(
-            keys=[self.key, self.index_key, inflight],
-            args=[entry.id, json.dumps(asdict(entry)), entry.failed_at, item, *self._retention(TRIM_PER_ADD)],
-        )
+        row = json.dumps(asdict(entry))
+        why = entry.reason if entry.status is None else f"{entry.reason} HTTP {entry.status}"
+        added, by_count, by_age = self._moves.dead_letter(entry.id, row, entry.failed_at, taken_from, self._retention(TRIM_PER_ADD), why)
         self._dropped(Dropped(by_count, by_age))
         return bool(added)
 
@@ -275,7 +177,7 @@ class DeadLetters:
         (each call is short, so Redis keeps serving others in between)."""
         total = Dropped()
         while True:
-            dropped = Dropped(*self._trim(keys=[self.key, self.index_key], args=self._retention(BATCH)))
+            dropped = Dropped(*self._moves.dlq_trim(self._retention(BATCH)))
             total += dropped
             if dropped.total < BATCH:
                 break
@@ -370,7 +272,6 @@ class DeadLetters:
         (an upgraded one, or after a fix). Returns (how many were replayed, ids that
         cannot be replayed: the raw text is no whole message, or the envelope does not
         validate). Ids no longer in the DLQ are passed over."""
-        keys = self.keys
         replayed, skipped = 0, []
         for chunk in _chunks(message_ids):
             with self._redis.pipeline(transaction=False) as pipe:
@@ -378,16 +279,15 @@ class DeadLetters:
                     if row is None:
                         continue
                     entry = _load(row)
-                    lane_and_message = self._as_it_was(entry) if entry.envelope is None else self._fresh(entry, ttl_seconds, bulk_ttl_seconds)
-                    if lane_and_message is None:
+                    message = self._as_it_was(entry) if entry.envelope is None else self._fresh(entry, ttl_seconds, bulk_ttl_seconds)
+                    if message is None:
                         skipped.append(message_id)
                         continue
-                    lane, message = lane_and_message
-                    self._replay(keys=[self.key, self.index_key, lane, keys.wake], args=[message_id, message], client=pipe)
+                    self._moves.replay(message_id, message, client=pipe)
                 replayed += sum(pipe.execute())
         return replayed, skipped
 
-    def _fresh(self, entry: DeadLetter, ttl_seconds: float, bulk_ttl_seconds: float | None) -> tuple[str, str] | None:
+    def _fresh(self, entry: DeadLetter, ttl_seconds: float, bulk_ttl_seconds: float | None) -> str | None:
         try:
             # Checked as the worker checks what it takes (the producer ran the full
             # address check before it was ever queued).
@@ -397,12 +297,12 @@ class DeadLetters:
         bulk = bool(envelope.bulk)
         ttl = bulk_ttl_seconds if bulk and bulk_ttl_seconds else ttl_seconds
         fresh = Envelope.wrap(envelope.message, ttl, id=envelope.id, bulk=bulk)
-        lane = self.keys.bulk if bulk else self.keys.interactive
-        return lane, task_message(fresh, lane)
+        return task_message(fresh, self.keys.bulk if bulk else self.keys.interactive)
 
-    def _as_it_was(self, entry: DeadLetter) -> tuple[str, str] | None:
-        """(lane, item) for a malformed entry whose raw text is a whole kombu message:
-        not one cut short, nor text no worker could ever read as a message."""
+    def _as_it_was(self, entry: DeadLetter) -> str | None:
+        """The item of a malformed entry whose raw text is a whole kombu message (not one
+        cut short, nor text no worker could ever read as a message); its routing key
+        names the lane it goes back to."""
         if entry.raw is None or len(entry.raw) >= RAW_LIMIT:
             return None
         try:
@@ -411,9 +311,7 @@ class DeadLetters:
             return None
         if not isinstance(message, dict) or not isinstance(message.get("body"), str) or not isinstance(message.get("properties"), dict):
             return None
-        delivery_info = message["properties"].get("delivery_info")
-        routing_key = delivery_info.get("routing_key") if isinstance(delivery_info, dict) else None
-        return (self.keys.bulk if routing_key == self.keys.bulk else self.keys.interactive), entry.raw
+        return entry.raw
 
     def replay_all(self, ttl_seconds: float, bulk_ttl_seconds: float | None = None) -> tuple[int, builtins.list[str]]:
         """`replay` every entry there was when it began."""
@@ -423,7 +321,7 @@ class DeadLetters:
         """Delete entries for good, `BATCH` per script call; returns how many were there."""
         removed = 0
         for chunk in _chunks(message_ids):
-            removed += self._purge(keys=[self.key, self.index_key], args=chunk)
+            removed += self._moves.purge(chunk)
         return removed
 
     def purge_all(self) -> int:

@@ -37,6 +37,7 @@ import time
 import redis
 
 from emailq.store.redis_client import redis_client
+from emailq.store.scripts import script
 from emailq.worker.runtime import Runtime
 
 log = logging.getLogger("emailq.worker")
@@ -46,26 +47,7 @@ BEAT_SECONDS = 0.5
 # A beat that cannot reach Redis gives up this soon, and the next one tries again.
 BEAT_TIMEOUT_SECONDS = 2.0
 
-# KEYS: for each queue, this owner's heartbeat then that queue's owners set.
-# ARGV: owner, lifetime ms.
-# Returns 1: renewed; 2: one had lapsed, nobody took that list (renewed);
-# 0: the owner is not registered on some queue (another worker reclaimed its list):
-# every heartbeat key of it deleted, nothing renewed.
-_BEAT = """
-local lapsed = {}
-for i = 1, #KEYS, 2 do
-  if redis.call('PEXPIRE', KEYS[i], ARGV[2]) == 0 then
-    if redis.call('SISMEMBER', KEYS[i + 1], ARGV[1]) == 0 then
-      for j = 1, #KEYS, 2 do redis.call('DEL', KEYS[j]) end
-      return 0
-    end
-    lapsed[#lapsed + 1] = KEYS[i]
-  end
-end
-for _, key in ipairs(lapsed) do redis.call('SET', key, 1, 'PX', ARGV[2]) end
-if #lapsed > 0 then return 2 end
-return 1
-"""
+# The answers of `emailq/store/lua/beat.lua`.
 RENEWED, LAPSED, GONE = 1, 2, 0
 
 
@@ -78,7 +60,7 @@ class Heartbeat:
         timeout = min(BEAT_TIMEOUT_SECONDS, settings.heartbeat_seconds / 4)
         # Its own client, its own pool: no sweep or delivery ever holds its connection.
         self.redis = redis_client(settings, socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True)
-        self._beat = self.redis.register_script(_BEAT)
+        self._beat = self.redis.register_script(script("beat").source)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="emailq-heartbeat", daemon=True)
         self._failing = False

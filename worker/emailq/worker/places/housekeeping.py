@@ -119,7 +119,7 @@ class Housekeeper:
         self.heartbeat = heartbeat or Heartbeat(runtime)
         self._often = _Loop("emailq-housekeeper", TICK_SECONDS, self.tick)
         self._seldom = _Loop("emailq-scans", SCAN_TICK_SECONDS, self.scan, quiet=True)
-        self._reconnects = 0
+        self._reconnects = (0, 0)  # the heartbeat's reconnects, takes whose reply was lost
         self._rescans: list[float] = []  # when to scan the own list, after a reconnect
         self._next_own_scan = 0.0
         self._last_own_scan = -RESCAN_SECONDS
@@ -167,8 +167,11 @@ class Housekeeper:
             log.warning("%s held for over %ss: back to the queue", taken.message_id, self.settings.visibility_timeout)
             runtime.in_flight.give_back(taken)
         now = time.monotonic()
-        if self.heartbeat.reconnects != self._reconnects:
-            self._reconnects = self.heartbeat.reconnects
+        # A reconnect (the heartbeat's) or a take's lost reply (the consumer's connection):
+        # emails may be in this worker's list with no record of them here.
+        reconnects = (self.heartbeat.reconnects, runtime.in_flight.lost_take_replies)
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
             self._rescans = [now + RESCAN_SECONDS, now + 2 * RESCAN_SECONDS]
         eligible = self._may_declare_dead()
         rescan = bool(self._rescans) and now >= self._rescans[0]
@@ -245,20 +248,22 @@ class Housekeeper:
         """At a clean exit, after the pool finished and `stop`: give back what is left,
         stop the heartbeat so that nothing waits for it to lapse."""
         runtime = self.runtime
-        runtime.in_flight.flush_acks()
-        runtime.in_flight.give_back_all()
+        started = time.monotonic()
+        flushed = runtime.in_flight.flush_acks()
+        if not flushed:
+            # Delivered, still in the in-flight list: the next worker sends them again.
+            log.warning("the acks of delivered emails did not all reach Redis within 5s: those emails may be sent again")
+        given_back = runtime.in_flight.give_back_all()
         runtime.in_flight.finish_unfinished()
+        took = time.monotonic() - started
+        log.info("leaving: acks %s, %d unsent email(s) back on the queue, in %.2fs", "written" if flushed else "NOT all written", given_back, took)
         try:
             owner = runtime.in_flight.owner
             for queue in runtime.in_flight.queues or {self.settings.queue}:
                 keys = runtime.in_flight.keys(queue)
-                if runtime.redis.llen(keys.inflight(owner)) == 0:
-                    with runtime.redis.pipeline(transaction=True) as pipe:
-                        pipe.srem(keys.owners, owner)
-                        pipe.delete(keys.alive(owner))
-                        pipe.execute()
-                else:
-                    # What Redis could not take back waits for the heartbeat to lapse.
-                    log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(owner))
+                if runtime.in_flight.moves(queue).leave(owner):
+                    continue
+                # What Redis could not take back waits for the heartbeat to lapse.
+                log.warning("some emails stay on %s until this worker's heartbeat lapses", keys.inflight(owner))
         except redis.RedisError as error:
             log.warning("could not unregister from Redis (%s): other workers will after %ss", error, self.settings.heartbeat_seconds)

@@ -1,9 +1,10 @@
 """The emails this worker process holds, owned by the process rather than by a connection.
 
-A worker process is one *owner* (`InFlight.owner`). It takes an email with BLMOVE from the queue
-onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.store.keys`), so an email that
-was taken is never only in a socket. It leaves that list in one atomic step: acked when
-delivered, moved to the retry schedule, moved to the DLQ, or released back to the queue.
+A worker process is one *owner* (`InFlight.owner`). Its takes move emails from the lanes
+onto its own in-flight list (`<p><q>:inflight:<owner>`, see `emailq.store.keys`), so an
+email that was taken is never only in a socket. It leaves that list by one of the moves of
+`emailq.store.moves`: acked when delivered, scheduled for a retry, dead-lettered, or given
+back to the head of its own lane.
 
 kombu ties unacked messages to a channel and puts them back on the queue when the
 channel closes — on every dropped connection, while their threads are still posting them.
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 import redis
 
 from emailq.store.keys import Keys
+from emailq.store.moves import Moves
+from emailq.store.trace import TraceLimits
 
 log = logging.getLogger("emailq.worker")
 
@@ -37,30 +40,6 @@ log = logging.getLogger("emailq.worker")
 def new_owner() -> str:
     """A name no other process, and no earlier life of this one, has had."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-# An owner whose heartbeat lapsed: its whole list goes back to the head of its queue.
-_RECLAIM = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local n = 0
-while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do n = n + 1 end
-redis.call('SREM', KEYS[1], ARGV[1])
-return n
-"""
-
-# One email back to the head of its queue, if this owner still holds it.
-_RELEASE = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('LREM', KEYS[1], 1, ARGV[1])
-return 1
-"""
-
-# Delivered emails out of one in-flight list, oldest (the tail) first.
-_ACK = """
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
-return #ARGV
-"""
 
 
 @dataclass
@@ -81,9 +60,10 @@ class Taken:
 class InFlight:
     """This process's records of taken emails, keyed by kombu delivery tag; thread-safe."""
 
-    def __init__(self, client: redis.Redis, prefix: str):
+    def __init__(self, client: redis.Redis, prefix: str, trace: TraceLimits | None = None):
         self.redis = client
         self.prefix = prefix
+        self.trace = trace or TraceLimits.default()
         self._lock = threading.Lock()
         self._acks_changed = threading.Condition(self._lock)
         self._by_tag: dict[str, Taken] = {}
@@ -98,25 +78,32 @@ class InFlight:
         self._acking: list[Taken] = []
         self._acker: threading.Thread | None = None
         self.queues: set[str] = set()
+        # Takes whose reply was lost on the wire (`take_reply_lost`).
+        self.lost_take_replies = 0
         self.owner = new_owner()
         self._dead_lists: set[str] = set()  # in-flight lists of this process's earlier lives
-        self._reclaim = client.register_script(_RECLAIM)
-        self._release = client.register_script(_RELEASE)
-        self._ack = client.register_script(_ACK)
+        self._moves: dict[str, Moves] = {}
 
     def keys(self, queue: str) -> Keys:
         """The keys of `queue` (a name, as kombu knows it) under this process's prefix."""
         return Keys(queue, prefix=self.prefix)
 
+    def moves(self, queue: str) -> Moves:
+        """The moves of `queue`'s emails (`emailq.store.moves`)."""
+        moves = self._moves.get(queue)
+        if moves is None:
+            moves = self._moves[queue] = Moves(self.redis, self.keys(queue), self.trace)
+        return moves
+
+    def moves_of(self, taken: Taken) -> Moves:
+        """The moves of the queue whose in-flight list holds `taken`."""
+        return self.moves(Keys.queue_of_inflight(taken.inflight_key, self.prefix))
+
     def register(self, queue: str, heartbeat_ms: int, client: redis.Redis | None = None) -> None:
         """Announce this owner for `queue` with a fresh heartbeat, so that its in-flight
         list is reclaimed if the heartbeat ever lapses (through `client`, the heartbeat's
         own, if given)."""
-        keys = self.keys(queue)
-        with (client or self.redis).pipeline(transaction=True) as pipe:
-            pipe.set(keys.alive(self.owner), 1, px=heartbeat_ms)
-            pipe.sadd(keys.owners, self.owner)
-            pipe.execute()
+        self.moves(queue).register(self.owner, heartbeat_ms, client)
         self.queues.add(queue)
 
     def take(self, tag: str, taken: Taken) -> None:
@@ -124,6 +111,13 @@ class InFlight:
             # A take that Redis ran before this worker was taken for dead, read only now.
             taken.lost = taken.lost or taken.inflight_key in self._dead_lists
             self._by_tag[tag] = taken
+
+    def take_reply_lost(self) -> None:
+        """A take's reply never arrived (a reset connection): Redis may have moved emails
+        onto this owner's list that no record here knows of; the Housekeeper gives them
+        back within seconds (`give_back_lost`), as after a reconnect of its own."""
+        with self._lock:
+            self.lost_take_replies += 1
 
     def get(self, tag: str) -> Taken | None:
         """The record of the message delivered under kombu delivery tag `tag`: what the
@@ -169,7 +163,7 @@ class InFlight:
                 by_list.setdefault(taken.inflight_key, []).append(taken)
             for key, takens in by_list.items():
                 try:
-                    self._ack(keys=[key], args=[t.item for t in takens])
+                    self.moves_of(takens[0]).ack(key, [t.item for t in takens])
                 except Exception as error:  # this thread must outlive any one failure
                     log.warning("Redis did not take %d ack(s) (%s); they stay with this worker and are retried", len(takens), error)
                     with self._lock:
@@ -179,7 +173,7 @@ class InFlight:
                 self._acks_changed.notify_all()
 
     def release(self, tag: str) -> None:
-        """Back to the head of its queue (Celery asked to requeue it). The record is
+        """Back to the head of its lane (Celery asked to requeue it). The record is
         forgotten only once the move ran (or was kept for the Housekeeper), so that the
         email is never in Redis without one."""
         taken = self.get(tag)
@@ -261,16 +255,16 @@ class InFlight:
         return lost
 
     def reclaim(self, queue: str, owner: str) -> int:
-        """Move a dead owner's in-flight list back to `queue`; -1 if it is alive after all."""
-        keys = self.keys(queue)
-        return int(self._reclaim(keys=[keys.owners, keys.alive(owner), keys.inflight(owner), keys.interactive], args=[owner]))
+        """Move a dead owner's in-flight list back to the head of each email's own lane of
+        `queue`, waking workers; -1 if it is alive after all."""
+        return self.moves(queue).reclaim(owner)
 
     def _forget(self, tag: str) -> Taken | None:
         with self._lock:
             return self._by_tag.pop(tag, None)
 
     def _remove(self, taken: Taken) -> None:
-        self.redis.lrem(taken.inflight_key, 1, taken.item)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as they are
+        self.moves_of(taken).ack(taken.inflight_key, [taken.item])
 
     def _give_back(self, taken: Taken) -> None:
-        self._release(keys=[taken.inflight_key, taken.lane], args=[taken.item])
+        self.moves_of(taken).give_back(taken.inflight_key, taken.item)

@@ -20,51 +20,35 @@ import logging
 
 import redis
 
+from emailq.store.keys import Keys
+from emailq.store.moves import Moves
+
 log = logging.getLogger("emailq.worker")
 
 INBOXES = "_emailq.inboxes"
 ALIVE_PATTERN = "_emailq.alive:*"
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
-# KEYS: inbox, queue, inboxes set, its alive key. ARGV: the inboxes set member.
-_INBOX_BACK = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do n = n + 1 end
-redis.call('SREM', KEYS[3], ARGV[1])
-return n
-"""
-
-# KEYS: unacked, unacked_index, queue. ARGV: delivery tag, the message to queue.
-_UNACKED_BACK = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-return 1
-"""
-
 
 class Legacy:
     def __init__(self, client: redis.Redis):
         self.redis = client
-        self._inbox_back = client.register_script(_INBOX_BACK)
-        self._unacked_back = client.register_script(_UNACKED_BACK)
 
     def take_over(self, queue: str) -> int:
         """Give back to `queue` what the old release left for it; returns how many."""
-        moved = 0
+        moves, moved = Moves(self.redis, Keys(queue, prefix="")), 0
         for member in self.redis.smembers(INBOXES):
             try:
                 owner_queue, inbox, alive = json.loads(member)
             except (ValueError, TypeError):
                 continue
             if owner_queue == queue:
-                moved += max(0, int(self._inbox_back(keys=[inbox, queue, INBOXES, alive], args=[member])))
+                moved += max(0, moves.legacy_inbox_back(inbox, INBOXES, alive, member))
         if next(iter(self.redis.scan_iter(match=ALIVE_PATTERN, count=1000)), None) is None:
             for tag, value in self.redis.hscan_iter(UNACKED):
                 message = _message_for(value, queue)
                 if message is not None:
-                    moved += int(self._unacked_back(keys=[UNACKED, UNACKED_INDEX, queue], args=[tag, message]))
+                    moved += moves.legacy_unacked_back(UNACKED, UNACKED_INDEX, tag, message)
         if moved:
             log.warning("took over %d email(s) left in flight by an older emailq release", moved)
         return moved

@@ -5,8 +5,8 @@ Two lanes per queue (`emailq.lanes`): interactive (`<q>`: one-time codes, verifi
 and bulk (`<q>:bulk`). A take moves from the interactive lane first, except every
 `EMAILQ_BULK_EVERY`-th take, which tries bulk first, so bulk still moves while both are
 full. BLMOVE blocks on one list only, so the take is a Lua script (non-blocking) and an
-idle worker blocks instead on `<q>:wake`, a list of tokens that producers and the retry
-schedule push with each email; a take that finds both lanes empty clears the tokens.
+idle worker blocks instead on `<q>:wake`, a list of tokens that every move onto a lane
+pushes (`emailq.store.moves`); a take that finds both lanes empty clears the tokens.
 
 The rate limit (`EMAILQ_RATE_LIMIT`, deliveries per second across every worker on the
 Redis) is a GCRA on Redis's clock, in the same script: a take either gets its slot and
@@ -17,7 +17,7 @@ the endpoint while a limit is set slows the whole cluster (`SLOWDOWN_FACTOR` for
 `SLOWDOWN_SECONDS`).
 
 A worker takes nothing while its heartbeat key is gone (it stalled, and another worker may
-have taken its list back): it waits `NO_HEARTBEAT_WAIT_MS` at a time until its heartbeat
+have taken its list back): it waits `emailq.store.scripts.NO_HEARTBEAT_WAIT_MS` at a time until its heartbeat
 thread has found out and renewed the key, or registered the worker under a new owner name
 (`heartbeat.py`). So nothing lands in a list after another worker reclaimed it.
 """
@@ -29,6 +29,7 @@ import logging
 import redis
 
 from emailq.store.keys import Keys
+from emailq.store.scripts import script
 
 log = logging.getLogger("emailq.worker")
 
@@ -43,77 +44,29 @@ TAKEN, WAIT, EMPTY = 1, 0, 2
 # take is one round trip and one turn of Celery's event loop; taking a few at once when
 # the queue is deep is most of what a worker saves per email at high rates.
 TAKE_BATCH = 16
-NO_HEARTBEAT_WAIT_MS = 100
-
-# KEYS (whole names, prefix included: the channel sends this script raw, past kombu's
-# prefixing client): interactive lane, bulk lane, in-flight list, rate key, slowdown key,
-# wake list, this owner's heartbeat.
-# ARGV: emission interval in ms (0: no limit), burst tolerance in ms, how many emails at
-# most, bulk every n-th take (0: never first), how many takes came before.
-# Returns {TAKEN, lane, item[, lane, item ...]} | {WAIT, ms} | {EMPTY}.
-TAKE = """
-if redis.call('EXISTS', KEYS[7]) == 0 then return {0, NO_HEARTBEAT_WAIT_MS} end
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local most = tonumber(ARGV[3])
-local every = tonumber(ARGV[4])
-local before = tonumber(ARGV[5])
-local now, tat
-if interval > 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  interval = interval * tonumber(redis.call('GET', KEYS[5]) or '1')
-  tat = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if tat < now then tat = now end
-end
-local out = {1}
-for n = 1, most do
-  if interval > 0 and tat - now > burst then
-    if n == 1 then return {0, tat - now - burst} end
-    break
-  end
-  local first, second = KEYS[1], KEYS[2]
-  if every > 0 and (before + n) % every == 0 then first, second = KEYS[2], KEYS[1] end
-  local lane = first
-  local item = redis.call('LMOVE', first, KEYS[3], 'RIGHT', 'LEFT')
-  if not item then
-    lane = second
-    item = redis.call('LMOVE', second, KEYS[3], 'RIGHT', 'LEFT')
-  end
-  if not item then
-    if n == 1 then
-      redis.call('DEL', KEYS[6])
-      return {2}
-    end
-    break
-  end
-  out[#out + 1] = lane
-  out[#out + 1] = item
-  if interval > 0 then tat = tat + interval end
-end
-if interval > 0 then
-  redis.call('SET', KEYS[4], tat, 'PX', math.ceil(tat - now) + 1000)
-end
-return out
-""".replace("NO_HEARTBEAT_WAIT_MS", str(NO_HEARTBEAT_WAIT_MS))
+# The take script (`emailq/store/lua/take.lua`: its KEYS, ARGV and answers): the consumer
+# sends it raw on its own connection, past kombu's prefixing client, so its keys are whole
+# names.
+TAKE = script("take")
 
 
 class Taker:
     """The take script's arguments for one queue, and the bookkeeping around it."""
 
-    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int):
+    def __init__(self, keys: Keys, owner: str, rate_limit: float | None, bulk_every: int, trace_ms: int = 0):
         self.owner = owner
         self.inflight = keys.inflight(owner)
         self.wake = keys.wake
         self.sleep_key = keys.rate_sleep
-        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake, keys.alive(owner)]
+        self._keys = [keys.interactive, keys.bulk, self.inflight, keys.rate, keys.rate_slowdown, keys.wake, keys.alive(owner), keys.trace]
+        self._trace_ms = str(trace_ms)
         self._rate = [f"{1000.0 / rate_limit:.3f}", f"{BURST_SHARE * 1000.0:.3f}"] if rate_limit else ["0", "0"]
         self.bulk_every = bulk_every
         self._takes = 0
 
     def args(self, most: int = 1) -> tuple[list[str], list[str]]:
         """KEYS and ARGV for a take of at most `most` emails."""
-        return self._keys, [*self._rate, str(max(1, most)), str(self.bulk_every), str(self._takes)]
+        return self._keys, [*self._rate, str(max(1, most)), str(self.bulk_every), str(self._takes), self._trace_ms]
 
     def took(self, count: int) -> None:
         """`count` emails came with the last take: the lane order moves on by as many."""

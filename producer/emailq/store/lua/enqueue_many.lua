@@ -1,0 +1,28 @@
+-- enqueue_many: new emails onto their lanes, all or none, and a few wake tokens.
+--                                                                   (nowhere -> queued)
+-- KEYS[1] <p><q>   KEYS[2] <p><q>:bulk   KEYS[3] <p><q>:wake   KEYS[4] <p><q>:trace
+-- ARGV[1] the trace's lifetime, ms (0: off)   ARGV[2] traced emails kept at most
+-- ARGV[3] wake tokens to push
+-- then for each email, four: '1' for the bulk lane or '0', its task message, its id, its
+-- address's hash
+-- Returns how many were enqueued. Both lanes' types are checked first, and the first
+-- write is a push (the one a full Redis refuses), so an error leaves nothing enqueued.
+-- include: wake.lua
+-- include: trace.lua
+for i = 1, 2 do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'none' and t ~= 'list' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a lane')
+  end
+end
+local ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = 0
+for i = 4, #ARGV, 4 do
+  local lane = KEYS[1]
+  if ARGV[i] == '1' then lane = KEYS[2] end
+  redis.call('LPUSH', lane, ARGV[i + 1])
+  trace_new(KEYS[4], ttl, most, ARGV[i + 2], ARGV[i + 3], 'queued ' .. lane_label(lane))
+  n = n + 1
+end
+wake(KEYS[3], tonumber(ARGV[3]))
+return n

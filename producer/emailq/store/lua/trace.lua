@@ -1,0 +1,58 @@
+-- Library (included): each email's trace (`emailq trace`), written in the same step as
+-- the move it records, so it costs no round trip and never disagrees with the places.
+-- base is <p><q>:trace, ttl its lifetime in ms (0: the trace is off):
+--   <base>:<id>    string  the email's events, oldest first, one a line: "<ms> <event>[ <detail>]";
+--                          never a code, a link or an address. Created with the email (its
+--                          lifetime starts then); each later move APPENDs a line
+--   <base>:index   list    "<id> <address hash>" of every traced email, newest first: the
+--                          count cap (the oldest trace goes as a new one comes), and what
+--                          a search by address reads
+-- One command per move (APPEND), two or four per enqueue: cheap enough to be always on.
+-- A trace starts with its email's enqueue (or a replay, a new life); a move of an email
+-- whose trace is gone writes nothing.
+-- Best effort (pcall): a trace key Redis refuses never fails the move it records.
+local trace_now = nil
+local function trace_ms()
+  if not trace_now then
+    local t = redis.call('TIME')
+    trace_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return trace_now
+end
+-- The id of a task message: its headers' "id" (the body is base64, so no other "id" key
+-- is in the text); nil for anything that is not an email's message.
+local function trace_id(item)
+  local at = string.find(item, '"id":"', 1, true)
+  if not at then return string.match(item, '"id": "([^"]+)"') end
+  local stop = string.find(item, '"', at + 6, true)
+  if not stop then return nil end
+  return string.sub(item, at + 6, stop - 1)
+end
+local function lane_label(lane)
+  if string.sub(lane, -5) == ':bulk' then return 'bulk' end
+  return 'interactive'
+end
+local function trace(base, ttl, id, event)
+  if ttl <= 0 or not id then return end
+  local key = base .. ':' .. id
+  local line = trace_ms() .. ' ' .. event .. '\n'
+  local size = redis.pcall('APPEND', key, line)
+  if size == #line then
+    -- No trace was there (it expired, or the count cap dropped it): it stays gone, so
+    -- that no trace outlives its lifetime or the cap.
+    redis.pcall('DEL', key)
+  elseif type(size) == 'number' and size > TRACE_BYTES_KEPT then
+    redis.pcall('SET', key, string.sub(redis.call('GET', key), -TRACE_BYTES_KEPT), 'KEEPTTL')
+  end
+end
+local function trace_new(base, ttl, most, id, to_hash, event)
+  if ttl <= 0 then return end
+  redis.pcall('SET', base .. ':' .. id, trace_ms() .. ' ' .. event .. '\n', 'PX', ttl)
+  local count = redis.pcall('LPUSH', base .. ':index', id .. ' ' .. to_hash)
+  if type(count) == 'number' and count > most then
+    local oldest = redis.pcall('RPOP', base .. ':index')
+    if type(oldest) == 'string' then
+      redis.pcall('DEL', base .. ':' .. string.match(oldest, '^(%S+)'))
+    end
+  end
+end
