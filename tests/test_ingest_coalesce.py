@@ -18,6 +18,7 @@ from conftest import settings_from
 from emailq.enqueue_async import AsyncProducer
 from emailq.errors import QueueUnavailable
 from emailq.ingest.coalesce import CoalescedPush
+from emailq.store.moves import NewEmail
 from helpers import Ingest
 from slow_link import slow_link
 
@@ -85,22 +86,26 @@ def test_each_of_many_concurrent_requests_answers_only_once_its_email_is_in_redi
     assert sorted(queued_ids(redis_client)) == sorted(ids)
 
 
+def new(message_id: str, lane: str, message: str) -> NewEmail:
+    return NewEmail(lane, message, message_id, "0" * 32)
+
+
 def _round_trips(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("exec", "eval", "evalsha"))
 
 
-def test_pushes_that_arrive_together_go_in_one_round_trip_on_their_own_lanes(settings_env, redis_client):
+def test_pushes_that_arrive_together_go_in_one_round_trip_onto_their_lanes(settings_env, redis_client):
     async def main() -> list[str]:
         async with AsyncProducer(settings_from(settings_env)) as producer:
             writes = CoalescedPush(producer)
             before = _round_trips(redis_client)
-            pushes = [(f"i{n}", "emailq", f"interactive {n}") for n in range(40)]
-            pushes += [(f"b{n}", "emailq:bulk", f"bulk {n}") for n in range(10)]
-            await asyncio.gather(*(writes.push(*push) for push in pushes))
-            assert _round_trips(redis_client) - before == 2  # one per lane
+            pushes = [new(f"i{n}", "emailq", f"interactive {n}") for n in range(40)]
+            pushes += [new(f"b{n}", "emailq:bulk", f"bulk {n}") for n in range(10)]
+            await asyncio.gather(*(writes.push(push) for push in pushes))
+            assert _round_trips(redis_client) - before == 1
             await writes.wait_closed()
-            return [message for _, _, message in pushes]
+            return [push.message for push in pushes]
 
     messages = asyncio.run(main())
     assert sorted(m.decode() for m in redis_client.lrange("emailq", 0, -1)) == sorted(messages[:40])
@@ -108,25 +113,24 @@ def test_pushes_that_arrive_together_go_in_one_round_trip_on_their_own_lanes(set
     assert redis_client.llen("emailq:wake") > 0
 
 
-def test_a_lane_redis_refuses_fails_only_its_own_requests(settings_env, redis_client):
-    redis_client.set("emailq", "not a list")  # every push onto it is refused (WRONGTYPE)
+def test_a_batch_redis_refuses_fails_each_of_its_requests_and_enqueues_nothing(settings_env, redis_client):
+    redis_client.set("emailq", "not a list")  # every enqueue is refused (WRONGTYPE)
 
     async def main() -> list[BaseException | None]:
         async with AsyncProducer(settings_from(settings_env)) as producer:
             writes = CoalescedPush(producer)
-            pushes = [writes.push(f"i{n}", "emailq", f"interactive {n}") for n in range(5)]
-            pushes += [writes.push(f"b{n}", "emailq:bulk", f"bulk {n}") for n in range(5)]
+            pushes = [writes.push(new(f"i{n}", "emailq", f"interactive {n}")) for n in range(5)]
+            pushes += [writes.push(new(f"b{n}", "emailq:bulk", f"bulk {n}")) for n in range(5)]
             return list(await asyncio.gather(*pushes, return_exceptions=True))
 
     outcomes = asyncio.run(main())
-    refused, landed = outcomes[:5], outcomes[5:]
-    assert landed == [None] * 5
-    for n, error in enumerate(refused):
+    ids = [f"i{n}" for n in range(5)] + [f"b{n}" for n in range(5)]
+    for message_id, error in zip(ids, outcomes):
         assert isinstance(error, QueueUnavailable)
         assert not error.maybe_enqueued and "nothing was enqueued" in str(error)
-        assert error.ids == [f"i{n}"]
+        assert error.ids == [message_id]
     assert redis_client.get("emailq") == b"not a list"
-    assert redis_client.llen("emailq:bulk") == 5
+    assert redis_client.llen("emailq:bulk") == 0
 
 
 def test_concurrent_requests_redis_refuses_each_get_503_and_nothing_is_enqueued(ingest, redis_client):

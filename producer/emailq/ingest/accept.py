@@ -130,8 +130,8 @@ class Accept:
     async def _send(self, data: Any) -> str:
         """`AsyncProducer.send`: the same validation, envelope, lane and errors, with the
         write coalesced with other requests' (`CoalescedPush`)."""
-        [message_id], [(lane, message)] = self.producer._batch([data], False)
-        await self.writes.push(message_id, lane, message)
+        [message_id], [email] = self.producer._batch([data], False)
+        await self.writes.push(email)
         return message_id
 
 
