@@ -29,7 +29,7 @@ def task_message(envelope: Envelope, queue: str) -> str:
     Exactly `json.dumps(_generic(envelope, queue, tag), separators=(",", ":"))`, written
     from a template: only the envelope, its id, the masked arguments, the queue and the
     delivery tag vary, and the ingest builds one of these per request."""
-    body = _ENCODE([[envelope.dump()], {}, _EMBED]).encode()
+    body = ("[[" + _ENCODE(envelope.dump()) + _BODY_TAIL).encode()
     message_id = _ENCODE(envelope.id)
     # What Flower and the worker's log show: codes and links masked.
     argsrepr = _ENCODE(repr([{"id": envelope.id, "message": masked(envelope.message.body())}]))
@@ -61,6 +61,8 @@ def task_message(envelope: Envelope, queue: str) -> str:
 # One encoder for every message: `json.dumps` with `separators` builds a new one per call.
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _TASK = _ENCODE(TASK_NAME)
+# The task's arguments are `[[envelope], {}, embed]`: all but the envelope is constant.
+_BODY_TAIL = "],{}," + _ENCODE(_EMBED) + "]"
 _ORIGIN_JSON = _ENCODE(_ORIGIN)
 
 
