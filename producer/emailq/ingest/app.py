@@ -55,6 +55,7 @@ async def _unready(producer: AsyncProducer) -> str | None:
 
 
 _JSON = (b"content-type", b"application/json")
+_READ = frozenset({b"authorization", b"idempotency-key", b"content-length"})
 
 
 class FastPost:
@@ -68,7 +69,8 @@ class FastPost:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/":
             await self.app(scope, receive, send)
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        # Only the headers `Accept` reads (ASGI servers give their names in lower case).
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in _READ}
 
         async def chunks() -> AsyncIterator[bytes]:
             while True:
