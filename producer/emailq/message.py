@@ -7,8 +7,8 @@ the queue, and its id travels as the `Idempotency-Key` header.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -169,7 +169,7 @@ class Envelope(BaseModel):
         now = time.time()
         return cls(
             v=ENVELOPE_FORMAT,
-            id=id or str(uuid.uuid4()),
+            id=id or new_id(),
             created_at=now,
             expires_at=now + ttl_seconds,
             bulk=bulk or None,
@@ -186,6 +186,16 @@ class Envelope(BaseModel):
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.expires_at
+
+
+def new_id() -> str:
+    """A random UUID (version 4) as `str(uuid.uuid4())` writes it, in half the time: the
+    ingest makes two per email (the envelope's id, the task message's delivery tag)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def masked(body: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import base64
 import json
 import os
 import socket
-import uuid
 from typing import Any
 
-from emailq.message import Envelope, masked
+from emailq.message import Envelope, masked, new_id
 
 TASK_NAME = "emailq.deliver"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -52,7 +51,7 @@ def task_message(envelope: Envelope, queue: str) -> str:
             ',"reply_to":"","delivery_mode":2,"delivery_info":{"exchange":"","routing_key":',
             _ENCODE(queue),
             '},"priority":0,"body_encoding":"base64","delivery_tag":"',
-            str(uuid.uuid4()),
+            new_id(),
             '"}}',
         )
     )

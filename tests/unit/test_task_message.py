@@ -4,11 +4,12 @@ message as nested dicts (`_generic`), whatever the envelope holds."""
 from __future__ import annotations
 
 import json
+import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emailq.message import Email, Envelope
+from emailq.message import Email, Envelope, new_id
 from emailq.task_message import _generic, task_message
 
 json_values = st.recursive(
@@ -35,3 +36,11 @@ def test_the_template_writes_what_json_dumps_writes(parts, queue):
     message = task_message(envelope, queue)
     tag = json.loads(message)["properties"]["delivery_tag"]
     assert message == json.dumps(_generic(envelope, queue, tag), separators=(",", ":"))
+
+
+def test_ids_are_random_version_4_uuids_as_uuid_writes_them():
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
