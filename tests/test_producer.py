@@ -90,9 +90,8 @@ def test_send_many_of_500_is_one_script(producer, redis_client):
     commands = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     commands.pop("info", None)  # our own questions
     commands.pop("config|resetstat", None)
-    # One script (`enqueue_many.lua`): the 500 onto their lane, their traces (each one
-    # LPUSH onto the trace's index), and wake-up tokens for idle workers; the commands it
-    # ran count as Redis's own calls.
+    # One script (`enqueue_many.lua`): the 500 onto their lane, each into the trace's
+    # index, and wake-up tokens for idle workers; the commands it ran count as calls.
     assert commands["eval"] == 1
     assert "multi" not in commands
     assert commands["lpush"] == 500 + 500 + 64
