@@ -15,6 +15,7 @@ import pytest
 import emailq
 from busy_redis import busy
 from conftest import free_port, settings_from, wait_for
+from emailq.store.scripts import script
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
 
@@ -81,7 +82,7 @@ def test_each_send_gets_a_distinct_id(producer, redis_client):
 
 
 def test_send_many_of_500_is_one_script(producer, redis_client):
-    assert producer.ping()  # the producer's connection is open before we count
+    producer.send_many([email(n) for n in range(2)])  # the connection open, the script cached
     redis_client.config_resetstat()
 
     ids = producer.send_many([email(n) for n in range(500)])
@@ -90,13 +91,29 @@ def test_send_many_of_500_is_one_script(producer, redis_client):
     commands = {name.removeprefix("cmdstat_"): s["calls"] for name, s in stats.items()}
     commands.pop("info", None)  # our own questions
     commands.pop("config|resetstat", None)
-    # One script (`enqueue_many.lua`): the 500 onto their lane, each into the trace's
-    # index, and wake-up tokens for idle workers; the commands it ran count as calls.
-    assert commands["eval"] == 1
-    assert "multi" not in commands
-    assert commands["lpush"] == 500 + 500 + 64
+    # One script (`enqueue_many.lua`), by its SHA: the 500 onto their lane, then the
+    # trace's index entries in one push, and the wake-up tokens in one; the commands it
+    # ran count as calls.
+    assert commands["evalsha"] == 1
+    assert "eval" not in commands and "multi" not in commands
+    assert commands["lpush"] == 500 + 1 + 1
     assert len(ids) == 500 and len(set(ids)) == 500
-    assert redis_client.llen("emailq") == 500
+    assert redis_client.llen("emailq") == 502
+
+
+def test_a_redis_that_lost_its_scripts_gets_each_email_once(producer, redis_client):
+    """Producers send a script's SHA, not its text; a restarted or failed-over Redis has
+    no script cache and answers NOSCRIPT having run nothing: the producer then sends the
+    script itself, once."""
+    redis_client.config_resetstat()
+    sends = [lambda: producer.send(email(0)), lambda: producer.send_many([email(1), email(2)]), lambda: producer.send_once(email(3), "key-3")]
+    for send in sends:
+        redis_client.script_flush()
+        send()
+
+    assert redis_client.info("errorstats")["errorstat_NOSCRIPT"]["count"] == 3
+    assert [e["message"]["to"] for e in queued(redis_client)] == [f"user{n}@example.com" for n in range(4)]
+    assert redis_client.llen("emailq:trace:index") == 4
 
 
 def test_send_many_is_consumed_in_input_order(producer, redis_client):
@@ -329,6 +346,8 @@ def test_a_timeout_after_sending_says_the_emails_may_have_been_enqueued(settings
     p = unreachable(settings_env, redis_server.url)
     try:
         assert p.ping()  # connected: the next write is sent, and its answer is what is lost
+        for name in ("enqueue", "enqueue_many"):  # cached, as on a Redis that took emails before
+            redis_client.script_load(script(name).source)
         with busy(redis_server.url, 1.5):
             started = time.monotonic()
             with pytest.raises(emailq.QueueUnavailable) as raised:

@@ -18,6 +18,7 @@ from conftest import free_port, settings_from, wait_for
 from emailq import AsyncProducer
 from emailq.errors import IdempotencyConflict
 from emailq.store.embedded_redis import redis_server_binary
+from emailq.store.scripts import script
 
 SIGN_IN = {"to": "foo@logto.io", "type": "SignIn", "payload": {"code": "123456", "locale": "en"}}
 
@@ -98,6 +99,26 @@ def test_send_once_enqueues_a_key_once_and_refuses_it_for_another_email(settings
     assert [e["id"] for e in queued(redis_client)] == [first_id]
 
 
+def test_a_redis_that_lost_its_scripts_gets_each_email_once(settings_env, redis_client):
+    """As the sync producer: after a NOSCRIPT (a restarted or failed-over Redis, which ran
+    nothing), the script itself is sent, once."""
+
+    redis_client.config_resetstat()
+
+    async def main() -> None:
+        async with producer_for(settings_env) as producer:
+            redis_client.script_flush()
+            await producer.send(email(0))
+            redis_client.script_flush()
+            await producer.send_many([email(1), email(2)])
+            redis_client.script_flush()
+            await producer.send_once(email(3), "key-3")
+
+    asyncio.run(main())
+    assert redis_client.info("errorstats")["errorstat_NOSCRIPT"]["count"] == 3
+    assert [e["message"]["to"] for e in queued(redis_client)] == [f"user{n}@example.com" for n in range(4)]
+
+
 def test_a_refused_connection_says_nothing_was_enqueued_fast(settings_env):
     async def main() -> emailq.QueueUnavailable:
         async with producer_for(settings_env, EMAILQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", EMAILQ_REDIS_TIMEOUT="0.3") as producer:
@@ -116,6 +137,7 @@ def test_a_timeout_after_sending_says_the_email_may_have_been_enqueued(settings_
     async def main() -> emailq.QueueUnavailable:
         async with producer_for(settings_env, EMAILQ_REDIS_TIMEOUT="0.3") as producer:
             assert await producer.ping()  # connected: the next write is sent, its answer is what is lost
+            redis_client.script_load(script("enqueue").source)  # cached, as on a Redis that took emails before
             with busy(redis_server.url, 1.5):
                 with pytest.raises(emailq.QueueUnavailable) as raised:
                     await producer.send(SIGN_IN)

@@ -23,10 +23,11 @@ from redis.retry import Retry
 
 from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
-from emailq.store.moves import NewEmail, enqueue_commands, enqueue_once_command
+from emailq.store.moves import NewEmail, enqueue_command, enqueue_once_command
 from emailq.store.trace import TraceLimits, address_hash
 from emailq.message import Email, Envelope, parse_email
 from emailq.store.redis_client import redis_client, resolve_redis_url
+from emailq.store.scripts import with_source
 from emailq.settings import Settings, get_settings
 from emailq.task_message import task_message
 
@@ -109,9 +110,9 @@ class ProducerBase:
     def _trace(self) -> TraceLimits:
         return TraceLimits.of(self.settings)
 
-    def _push_commands(self, emails: list[NewEmail]) -> list[tuple[Any, ...]]:
-        """The commands that put new emails on their lanes, all or none."""
-        return enqueue_commands(Keys.of(self.settings), self._trace, emails)
+    def _push_command(self, emails: list[NewEmail]) -> tuple[Any, ...]:
+        """The command that puts new emails on their lanes, all or none."""
+        return enqueue_command(Keys.of(self.settings), self._trace, emails)
 
 
 class Producer(ProducerBase):
@@ -158,17 +159,17 @@ class Producer(ProducerBase):
         Redis script: a key never exists without its email, nor an email twice under it.
         """
         envelope, digest, command = self._once(email, key)
-        return _once_result(self._write([command], ids=[envelope.id]), envelope, digest)
+        return _once_result(self._write(command, ids=[envelope.id]), envelope, digest)
 
     def push(self, messages: list[NewEmail], *, ids: list[str] | None = None) -> None:
         """Put ready-made task messages on their lanes, with wake-up tokens for idle
         workers, in one script (all or none); `ids`, when given, name them in a
         QueueUnavailable."""
         if messages:
-            self._write(self._push_commands(messages), ids=ids)
+            self._write(self._push_command(messages), ids=ids)
 
-    def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
-        """Send `commands` in one round trip on one connection; returns the last reply.
+    def _write(self, command: tuple[Any, ...], *, ids: list[str] | None = None) -> Any:
+        """Send `command` (a script's) in one round trip on one connection; returns its reply.
 
         Takes the connection (connect, health check) before sending anything, so that a
         failure says truthfully whether the write may have landed: before sending,
@@ -186,10 +187,13 @@ class Producer(ProducerBase):
             connection.check_health()  # a PING when idle a while; its failure sent nothing
             # A failure while sending leaves the command incomplete: Redis runs none of it
             # (a batch is one script).
-            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            connection.send_packed_command(connection.pack_command(*command), check_health=False)
             sent = True
-            replies = [connection.read_response() for _ in commands]
-            refuse_if_exec_refused(replies[-1], ids)
+            try:
+                reply = connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
+                reply = connection.read_response()
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
@@ -200,18 +204,10 @@ class Producer(ProducerBase):
             raise failure(error, sent, ids) from None
         finally:
             pool.release(connection)
-        return replies[-1]
+        return reply
 
     def close(self) -> None:
         self._redis.close()
-
-
-def refuse_if_exec_refused(reply: Any, ids: list[str] | None) -> None:
-    """An EXEC whose commands Redis refused (the key holds another type): each fails
-    alike, none landed."""
-    refused = [r for r in reply if isinstance(r, redis.ResponseError)] if isinstance(reply, list) else []
-    if refused:
-        raise QueueUnavailable(_refused(refused[0]), ids=ids)
 
 
 def confirm_replicas(confirmed: int, settings: Settings, ids: list[str] | None) -> None:

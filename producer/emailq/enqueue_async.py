@@ -25,12 +25,13 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from emailq.enqueue import ProducerBase, _once_result, confirm_replicas, fail_fast, failure, refuse_if_exec_refused
+from emailq.enqueue import ProducerBase, _once_result, confirm_replicas, fail_fast, failure
 from emailq.errors import QueueUnavailable
 from emailq.message import Email
 from emailq.settings import Settings, get_settings
 from emailq.store.moves import NewEmail
 from emailq.store.redis_client import async_redis_client
+from emailq.store.scripts import with_source
 
 __all__ = ["AsyncProducer", "connect_async", "send_email_async", "send_many_async"]
 
@@ -79,14 +80,14 @@ class AsyncProducer(ProducerBase):
     async def send_once(self, email: Email | Mapping[str, Any], key: str) -> tuple[str, bool]:
         """Enqueue `email` unless `key` already enqueued one. As `Producer.send_once`."""
         envelope, digest, command = self._once(email, key)
-        return _once_result(await self._write([command], ids=[envelope.id]), envelope, digest)
+        return _once_result(await self._write(command, ids=[envelope.id]), envelope, digest)
 
     async def push(self, messages: list[NewEmail], *, ids: list[str] | None = None) -> None:
         """Put ready-made task messages on their lanes, all or none. As `Producer.push`."""
         if messages:
-            await self._write(self._push_commands(messages), ids=ids)
+            await self._write(self._push_command(messages), ids=ids)
 
-    async def _write(self, commands: list[tuple[Any, ...]], *, ids: list[str] | None = None) -> Any:
+    async def _write(self, command: tuple[Any, ...], *, ids: list[str] | None = None) -> Any:
         """`Producer._write` on an asyncio connection: one round trip, honest errors."""
         pool = self._redis.connection_pool
         try:
@@ -102,10 +103,13 @@ class AsyncProducer(ProducerBase):
                 await connection.disconnect()
                 await connection.connect()
             await connection.check_health()
-            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
             sent = True
-            replies = [await connection.read_response() for _ in commands]
-            refuse_if_exec_refused(replies[-1], ids)
+            try:
+                reply = await connection.read_response()
+            except redis.exceptions.NoScriptError:
+                await connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
+                reply = await connection.read_response()
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 await connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
@@ -123,7 +127,7 @@ class AsyncProducer(ProducerBase):
             raise failure(error, sent, ids) from None
         finally:
             await pool.release(connection)
-        return replies[-1]
+        return reply
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -36,7 +36,7 @@ page's progress are written by the modules they belong to (`emailq.store.keys` l
 every key).
 
 The producers (synchronous and asyncio) send the same commands, built here, through
-their own round trip (`enqueue_commands`, `enqueue_once_command`); the worker runs
+their own round trip (`enqueue_command`, `enqueue_once_command`); the worker runs
 `Moves` on its client. The take runs on the consumer's own connection, so the transport
 sends `script("take")` itself, built by `emailq.worker.places.taking`.
 """
@@ -68,15 +68,15 @@ class NewEmail:
     address_hash: str
 
 
-def enqueue_commands(keys: Keys, trace: TraceLimits, emails: Sequence[NewEmail]) -> list[tuple[Any, ...]]:
+def enqueue_command(keys: Keys, trace: TraceLimits, emails: Sequence[NewEmail]) -> tuple[Any, ...]:
     """The command that puts new emails on their lanes, all or none: one script."""
     if len(emails) == 1:
         [e] = emails
-        return [script("enqueue").command([e.lane, keys.wake, keys.trace], [e.message, trace.ms, trace.most, e.id, e.address_hash])]
+        return script("enqueue").command([e.lane, keys.wake, keys.trace], [e.message, trace.ms, trace.most, e.id, e.address_hash])
     args: list[Any] = [trace.ms, trace.most, min(len(emails), WAKE_TOKENS_PER_BATCH)]
     for e in emails:
         args += ["1" if e.lane == keys.bulk else "0", e.message, e.id, e.address_hash]
-    return [script("enqueue_many").command([keys.interactive, keys.bulk, keys.wake, keys.trace], args)]
+    return script("enqueue_many").command([keys.interactive, keys.bulk, keys.wake, keys.trace], args)
 
 
 def enqueue_once_command(keys: Keys, trace: TraceLimits, key_hash: str, record: str, lifetime_ms: int, email: NewEmail) -> tuple[Any, ...]:

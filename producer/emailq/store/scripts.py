@@ -25,12 +25,18 @@ NO_HEARTBEAT_WAIT_MS = 100
 # An email's trace keeps its last this many bytes of events (about 60 events: a replayed
 # email keeps moving).
 TRACE_BYTES_KEPT = 4096
+# Arguments one Lua call passes at most when it pushes or deletes many (`trace.lua`): far
+# below Lua's C stack limit (8,000), and a batch of 1,000 is one call.
+INDEX_PUSH_MOST = 1000
 
 _CONSTANTS = {
     "WAKE_TOKENS_KEPT": WAKE_TOKENS_KEPT,
     "NO_HEARTBEAT_WAIT_MS": NO_HEARTBEAT_WAIT_MS,
     "TRACE_BYTES_KEPT": TRACE_BYTES_KEPT,
+    "INDEX_PUSH_MOST": INDEX_PUSH_MOST,
 }
+# Every script made so far, by SHA-1: `with_source`.
+_loaded: dict[str, Script] = {}
 _INCLUDE = re.compile(r"^-- include: (\S+\.lua)$", re.MULTILINE)
 
 
@@ -43,9 +49,17 @@ class Script:
     sha: str
 
     def command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
-        """An EVAL of it, as a command tuple for a raw round trip (the producers'), which
-        needs no SCRIPT LOAD and so no NOSCRIPT retry."""
-        return ("EVAL", self.source, len(keys), *keys, *args)
+        """An EVALSHA of it, as a command tuple for a raw round trip (the producers'): the
+        source, thousands of bytes, is sent only when Redis answers NOSCRIPT (see
+        `with_source`)."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def with_source(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The EVAL that an EVALSHA `command` stands for: what to send after a NOSCRIPT answer
+    (a restarted or failed-over Redis has no script cache; it ran nothing), and which
+    caches the script again."""
+    return ("EVAL", _loaded[command[1]].source, *command[2:])
 
 
 @functools.cache
@@ -54,7 +68,9 @@ def script(name: str) -> Script:
     body = _resolve(f"{name}.lua", set())
     constants = "".join(f"local {key} = {value}\n" for key, value in _CONSTANTS.items())
     source = constants + body
-    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    made = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    _loaded[made.sha] = made
+    return made
 
 
 def _resolve(filename: str, included: set[str]) -> str:

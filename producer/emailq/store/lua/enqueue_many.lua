@@ -17,12 +17,17 @@ for i = 1, 2 do
 end
 local ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = 0
+local index = {}
 for i = 4, #ARGV, 4 do
   local lane = KEYS[1]
   if ARGV[i] == '1' then lane = KEYS[2] end
   redis.call('LPUSH', lane, ARGV[i + 1])
-  trace_new(KEYS[4], ttl, most, ARGV[i + 2], ARGV[i + 3], 'queued ' .. lane_label(lane))
   n = n + 1
+  if ttl > 0 then
+    trace_start(KEYS[4], ttl, ARGV[i + 2], 'queued ' .. lane_label(lane))
+    index[n] = ARGV[i + 2] .. ' ' .. ARGV[i + 3]
+  end
 end
+if ttl > 0 then trace_index(KEYS[4], most, index) end
 wake(KEYS[3], tonumber(ARGV[3]))
 return n

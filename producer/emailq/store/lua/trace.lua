@@ -7,7 +7,8 @@
 --   <base>:index   list    "<id> <address hash>" of every traced email, newest first: the
 --                          count cap (the oldest trace goes as a new one comes), and what
 --                          a search by address reads
--- One command per move (APPEND), two or four per enqueue: cheap enough to be always on.
+-- One command per move (APPEND), two per enqueue (a batch's index entries are one push):
+-- cheap enough to be always on.
 -- A trace starts with its email's enqueue (or a replay, a new life); a move of an email
 -- whose trace is gone writes nothing.
 -- Best effort (pcall): a trace key Redis refuses never fails the move it records.
@@ -45,14 +46,31 @@ local function trace(base, ttl, id, event)
     redis.pcall('SET', key, string.sub(redis.call('GET', key), -TRACE_BYTES_KEPT), 'KEEPTTL')
   end
 end
+-- Index entries ("<id> <address hash>") for new traces, newest last, in one push per
+-- INDEX_PUSH_MOST (a batch's index costs one command, not one per email); past the count
+-- cap, the oldest traces go, at most twice as many as came (so that a lowered cap is
+-- reached over a few enqueues, never in one long script).
+local function trace_index(base, most, entries)
+  local index = base .. ':index'
+  local count
+  for first = 1, #entries, INDEX_PUSH_MOST do
+    count = redis.pcall('LPUSH', index, unpack(entries, first, math.min(first + INDEX_PUSH_MOST - 1, #entries)))
+  end
+  if type(count) ~= 'number' or count <= most then return end
+  local oldest = redis.pcall('RPOP', index, math.min(count - most, 2 * #entries))
+  if type(oldest) ~= 'table' then return end
+  local gone = {}
+  for i, entry in ipairs(oldest) do gone[i] = base .. ':' .. string.match(entry, '^(%S+)') end
+  for first = 1, #gone, INDEX_PUSH_MOST do
+    redis.pcall('DEL', unpack(gone, first, math.min(first + INDEX_PUSH_MOST - 1, #gone)))
+  end
+end
+-- A new trace (its first event), without its index entry: trace_index writes those.
+local function trace_start(base, ttl, id, event)
+  redis.pcall('SET', base .. ':' .. id, trace_ms() .. ' ' .. event .. '\n', 'PX', ttl)
+end
 local function trace_new(base, ttl, most, id, to_hash, event)
   if ttl <= 0 then return end
-  redis.pcall('SET', base .. ':' .. id, trace_ms() .. ' ' .. event .. '\n', 'PX', ttl)
-  local count = redis.pcall('LPUSH', base .. ':index', id .. ' ' .. to_hash)
-  if type(count) == 'number' and count > most then
-    local oldest = redis.pcall('RPOP', base .. ':index')
-    if type(oldest) == 'string' then
-      redis.pcall('DEL', base .. ':' .. string.match(oldest, '^(%S+)'))
-    end
-  end
+  trace_start(base, ttl, id, event)
+  trace_index(base, most, {id .. ' ' .. to_hash})
 end

@@ -3,6 +3,12 @@
 -- are empty. The list is capped, so tokens never pile up in a Redis nobody drains. Best
 -- effort (pcall): once an email is on its lane, no error may say it is not.
 local function wake(key, tokens)
-  for _ = 1, tokens do redis.pcall('LPUSH', key, 1) end
-  redis.pcall('LTRIM', key, 0, WAKE_TOKENS_KEPT - 1)
+  if tokens < 1 then return end
+  local ones = {}
+  for i = 1, tokens do ones[i] = 1 end
+  -- One push, and a trim only past the cap: the common case is one command.
+  local length = redis.pcall('LPUSH', key, unpack(ones))
+  if type(length) == 'number' and length > WAKE_TOKENS_KEPT then
+    redis.pcall('LTRIM', key, 0, WAKE_TOKENS_KEPT - 1)
+  end
 end

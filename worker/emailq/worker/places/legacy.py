@@ -44,7 +44,9 @@ class Legacy:
                 continue
             if owner_queue == queue:
                 moved += max(0, moves.legacy_inbox_back(inbox, INBOXES, alive, member))
-        if next(iter(self.redis.scan_iter(match=ALIVE_PATTERN, count=1000)), None) is None:
+        # The scan for live old workers walks the whole keyspace (traces included): only
+        # when there is an unacked hash to take over.
+        if self.redis.exists(UNACKED) and next(iter(self.redis.scan_iter(match=ALIVE_PATTERN, count=1000)), None) is None:
             for tag, value in self.redis.hscan_iter(UNACKED):
                 message = _message_for(value, queue)
                 if message is not None:
