@@ -53,6 +53,8 @@ def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = pr
     endpoint = Endpoint(0, workdir)
     result: dict = {"emails": emails}
     try:
+        ref = result["reference"] = reference(redis_server, emails // 2)
+        log(f"  Redis per command for scale: PING one at a time {ref['ping_us']:.1f} µs, LPUSH pipelined {ref['lpush_us']:.1f} µs")
         for label, extra_env in CONFIGS:
             redis_server.client().flushdb()
             same = {name.removeprefix("EMAILQ_").lower(): value for name, value in extra_env.items()}
@@ -97,6 +99,31 @@ def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = pr
         endpoint.stop()
         redis_server.stop()
     return result
+
+
+def reference(redis_server: RedisServer, n: int) -> dict[str, float]:
+    """What this Redis, on this machine, spends on the least a round trip can do (a
+    `PING`, one at a time as `send` goes) and on the least an enqueue can do (an `LPUSH`
+    of a message as large, pipelined by `BATCH`): the scale to read the figures by, as
+    the machine's speed varies from run to run."""
+    client = redis_server.client()
+    client.ping()
+    before = snapshot(redis_server)
+    for _ in range(n):
+        client.ping()
+    pinged = snapshot(redis_server)
+    producer = Producer(Settings(_env_file=None, redis_url=redis_server.url(), queue=QUEUE))
+    _, [email] = producer._batch([email_body("reference", 0)], False)  # a task message, as `send` writes it
+    producer.close()
+    item = email.message
+    with client.pipeline(transaction=False) as pipe:
+        for start in range(0, n, BATCH):
+            for _ in range(start, min(start + BATCH, n)):
+                pipe.lpush("reference", item)
+            pipe.execute()
+    pushed = snapshot(redis_server)
+    client.delete("reference")
+    return {"ping_us": per_email(before, pinged, n)["cpu_us"], "lpush_us": per_email(pinged, pushed, n)["cpu_us"]}
 
 
 def _wait(done: Callable[[], bool], what: str) -> None:

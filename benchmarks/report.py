@@ -156,6 +156,11 @@ def redis_cost_table(cost: dict) -> list[str]:
         f"| Redis per email ({cost['emails']:,} emails) | commands | Redis CPU µs | one Redis core's ceiling |",
         "|---|---:|---:|---:|",
     ]
+    if ref := cost.get("reference"):
+        rows += [
+            f"| for scale: a bare `PING`, one at a time | 1 | {_num(ref['ping_us'], 1)} | |",
+            f"| for scale: a bare `LPUSH` of a task message, pipelined | 1 | {_num(ref['lpush_us'], 1)} | |",
+        ]
     for label in ("defaults", "trace off", "rate limit"):
         row = cost.get(label)
         if not row:

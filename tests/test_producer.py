@@ -372,6 +372,18 @@ def test_a_timeout_after_sending_says_the_emails_may_have_been_enqueued(settings
     assert [e["id"] for e in queued(redis_client)] == error.ids
 
 
+def test_a_large_batch_is_given_time_for_its_size(producer, redis_server, redis_client):
+    """A batch's answer is awaited EMAILQ_REDIS_TIMEOUT (0.5 s) plus 0.1 ms an email: a
+    Redis that answers 20,000 emails in a second has answered in time."""
+    emails = [email(n) for n in range(20000)]
+    assert producer.ping()
+    with busy(redis_server.url, 1.0):
+        started = time.monotonic()
+        ids = producer.send_many(emails)
+        assert time.monotonic() - started > 0.5
+    assert redis_client.llen("emailq") == len(ids) == 20000
+
+
 def test_a_full_redis_refuses_and_says_nothing_was_enqueued(producer, redis_client):
     redis_client.set("filler", b"x" * (2 << 20))
     redis_client.config_set("maxmemory", "1mb")

@@ -149,6 +149,22 @@ def test_a_timeout_after_sending_says_the_email_may_have_been_enqueued(settings_
     wait_for(lambda: redis_client.llen("emailq") == 1, 5, "the write sent before the timeout to land")
 
 
+def test_a_large_batch_is_given_time_for_its_size(settings_env, redis_server, redis_client):
+    """As the sync producer: 0.5 s and 0.1 ms an email, so 2.5 s for 20,000."""
+
+    async def main() -> tuple[list[str], float]:
+        async with producer_for(settings_env) as producer:
+            assert await producer.ping()
+            with busy(redis_server.url, 1.0):
+                started = time.monotonic()
+                ids = await producer.send_many([email(n) for n in range(20000)])
+                return ids, time.monotonic() - started
+
+    ids, took = asyncio.run(main())
+    assert took > 0.5
+    assert redis_client.llen("emailq") == len(ids) == 20000
+
+
 def test_a_full_redis_and_a_wrong_type_are_refused_with_nothing_enqueued(settings_env, redis_client):
     async def attempts(producer: AsyncProducer) -> list[emailq.QueueUnavailable]:
         errors = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -48,11 +49,24 @@ def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     return redis_client(settings, **fail_fast(settings, timeout, Retry(NoBackoff(), 0)))
 
 
+# How much longer a batch's answer is awaited, per email: Redis runs the batch's script
+# for about 10-30 µs an email (docs/performance.md), so a batch of 10,000 is given a second
+# more than one email, not answered "may have been enqueued" (and sent again) for its size.
+REPLY_SECONDS_PER_EMAIL = 0.0001
+# redis-py 6 and later read one reply within a timeout of its own; 5.x (beside Celery 5.3)
+# only within the socket's, so a large batch there has the plain EMAILQ_REDIS_TIMEOUT.
+_READ_TAKES_TIMEOUT = "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
+
+
 class ProducerBase:
     """What the synchronous and the asyncio producers share: validation, envelopes, lanes,
     and the exact commands each call sends. Only the round trip (`_write`) differs."""
 
     settings: Settings
+
+    def _reply_seconds(self, ids: list[str] | None) -> float:
+        """How long the answer to a write of the emails `ids` may take."""
+        return self.settings.redis_timeout + len(ids or ()) * REPLY_SECONDS_PER_EMAIL
 
     def validate(self, email: Email | Mapping[str, Any]) -> Email:
         """The email, checked against the contract; raises InvalidMessage."""
@@ -189,11 +203,12 @@ class Producer(ProducerBase):
             # (a batch is one script).
             connection.send_packed_command(connection.pack_command(*command), check_health=False)
             sent = True
+            within = {"timeout": self._reply_seconds(ids)} if _READ_TAKES_TIMEOUT else {}
             try:
-                reply = connection.read_response()
+                reply = connection.read_response(**within)
             except redis.exceptions.NoScriptError:
                 connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
-                reply = connection.read_response()
+                reply = connection.read_response(**within)
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)

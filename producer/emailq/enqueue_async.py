@@ -15,6 +15,7 @@ saying so, and goes on as cancellations must.
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -106,10 +107,10 @@ class AsyncProducer(ProducerBase):
             await connection.send_packed_command(connection.pack_command(*command), check_health=False)
             sent = True
             try:
-                reply = await connection.read_response()
+                reply = await _read(connection, self._reply_seconds(ids))
             except redis.exceptions.NoScriptError:
                 await connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
-                reply = await connection.read_response()
+                reply = await _read(connection, self._reply_seconds(ids))
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 await connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
@@ -131,6 +132,17 @@ class AsyncProducer(ProducerBase):
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+async def _read(connection: Any, seconds: float) -> Any:
+    """One reply within `seconds`, else redis.TimeoutError. (redis-py's own timeout for one
+    read answers None when it runs out, which is also a script's nil.)"""
+    try:
+        async with asyncio.timeout(seconds):
+            # The read of a connection cancelled mid-reply drops it: nothing is left unread.
+            return await connection.read_response(timeout=math.inf)
+    except TimeoutError:
+        raise redis.TimeoutError("Timeout reading from socket") from None
 
 
 async def _has_data(connection: Any) -> bool:

@@ -267,10 +267,10 @@ class Channel(kombu_redis.Channel):
 
     def _take_most(self) -> int:
         """How many emails the next take may move: the free prefetch slots; one at a time
-        while the circuit breaker probes, and under a rate limit, so that each email is
-        taken at its own slot rather than a burst's worth together."""
+        while the circuit breaker probes. Under a rate limit too: the take script gives
+        each email of a batch its own slot, and stops at the limit's burst tolerance."""
         rt = runtime.get()
-        if rt.breaker.is_open or rt.settings.rate_limit:
+        if rt.breaker.is_open:
             return 1
         free = self.qos.can_consume_max_estimate()
         return TAKE_BATCH if free is None else max(1, min(TAKE_BATCH, free))
