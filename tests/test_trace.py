@@ -82,6 +82,26 @@ def test_the_trace_is_capped_by_count_and_age(settings_env, redis_client, tmp_pa
     assert 3_500_000 < redis_client.pttl(KEYS.trace_of(ids[-1])) <= 3_600_000
 
 
+def test_a_lowered_count_cap_is_reached_within_a_few_enqueues(settings_env, redis_client, tmp_path):
+    # From 20 traced emails to a cap of 5: each enqueue drops the oldest traces, up to
+    # twice as many as it adds (so that no enqueue does a long cleanup).
+    first = Producer(settings_from({**settings_env, "EMAILQ_TRACE_MAX_EMAILS": "20"}))
+    old = first.send_many([SIGN_IN] * 20)
+    first.close()
+    lowered = Producer(settings_from({**settings_env, "EMAILQ_TRACE_MAX_EMAILS": "5"}))
+    sizes = []
+    for _ in range(3):
+        lowered.send(SIGN_IN)
+        sizes.append(redis_client.llen(KEYS.trace_index))
+    assert sizes == [19, 18, 17]
+    assert [i for i in old if redis_client.exists(KEYS.trace_of(i))] == old[6:]
+    last = lowered.send_many([SIGN_IN] * 12)
+    lowered.close()
+    assert redis_client.llen(KEYS.trace_index) == 5
+    assert [i for i in last if redis_client.exists(KEYS.trace_of(i))] == last[-5:]
+    assert not any(redis_client.exists(KEYS.trace_of(i)) for i in old)
+
+
 def test_with_the_trace_off_nothing_is_written(settings_env, redis_client, tmp_path):
     env = {**settings_env, "EMAILQ_TRACE_SECONDS": "0"}
     producer = Producer(settings_from(env))
