@@ -23,6 +23,10 @@ ORDER = ("naive", "floor-prefork", "floor-threads", "arq", "emailq")
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BEGIN = "<!-- bench:begin"
 END = "<!-- bench:end -->"
+# And the README's line on how far one Redis goes, from the same run.
+README = PAGE.parent.parent / "README.md"
+CEILING_BEGIN = "<!-- bench:ceiling"
+CEILING_END = "<!-- bench:ceiling-end -->"
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -375,14 +379,29 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def embed(text: str, page: Path = PAGE) -> None:
+def ceiling(data: dict) -> str:
+    """The README's sentence on how far one Redis goes, from a full run's Redis-cost
+    figures ('' when the run had none)."""
+    row = (data.get("redis_cost") or {}).get("defaults")
+    if not row:
+        return ""
+    m = data["machine"]
+    return (
+        f"One Redis core carries about {_num(row['ceiling_batched_per_s'])} emails/s enqueued in batches and delivered, "
+        f"{_num(row['ceiling_per_s'])}/s sent one at a time, every feature at its default (Redis's CPU per email, "
+        f"[docs/performance.md](docs/performance.md): `make bench` of {data['when'][:10]}, {m['cores']} cores, {m['cpu']}); "
+        "past that, Redis is the bound, not the workers."
+    )
+
+
+def embed(text: str, page: Path = PAGE, begin: str = BEGIN, end_marker: str = END) -> None:
     """Replace what lies between the markers of `page` with `text`, a full run's report
     (`markdown`), less its title. Raises ValueError, changing nothing, when `page` lacks
     the markers, so that a moved page is noticed rather than silently left stale."""
     current = page.read_text()
-    start, end = current.find(BEGIN), current.find(END)
+    start, end = current.find(begin), current.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"{page}: no {BEGIN} ... {END} markers to write the results between")
+        raise ValueError(f"{page}: no {begin} ... {end_marker} markers to write the results between")
     start = current.index("\n", start) + 1  # the begin marker's line stays, comment and all
     body = text.split("\n", 1)[1].lstrip("\n") if text.startswith("# ") else text
     page.write_text(current[:start] + "\n" + body.rstrip("\n") + "\n\n" + current[end:])

@@ -472,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / f"{stem}.md").write_text(text)
     if stem == "latest":
         report.embed(text)  # docs/performance.md shows the last full run
+        if line := report.ceiling(data):
+            report.embed(line, report.README, report.CEILING_BEGIN, report.CEILING_END)
     print(text)
 
 
