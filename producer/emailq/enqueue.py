@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,11 +27,11 @@ from emailq.errors import IdempotencyConflict, InvalidMessage, QueueUnavailable
 from emailq.store.keys import Keys
 from emailq.store.moves import NewEmail, enqueue_command, enqueue_once_command
 from emailq.store.trace import TraceLimits, address_hash
-from emailq.message import Email, Envelope, parse_email
+from emailq.message import Email, Envelope, checked_body, fresh_envelope, new_id, parse_email
 from emailq.store.redis_client import redis_client, resolve_redis_url
 from emailq.store.scripts import with_source
 from emailq.settings import Settings, get_settings
-from emailq.task_message import task_message
+from emailq.task_message import encoded_task_message, task_message
 
 __all__ = ["Producer", "ProducerBase", "connect", "resolve_redis_url", "send_email", "send_many"]
 
@@ -83,17 +84,33 @@ class ProducerBase:
     def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[NewEmail]]:
         """The ids and task messages of `emails`; raises InvalidMessage naming every bad item
         (by index) before anything is written."""
-        checked: list[Email] = []
+        checked: list[tuple[Email, dict[str, Any], str | None]] = []
         problems: list[str] = []
+        settings = self.settings
         for index, email in enumerate(emails):
+            data = email.model_dump(exclude_none=True) if isinstance(email, Email) else email
             try:
-                checked.append(self.validate(email))
+                checked.append(checked_body(data, allow_any_type=settings.allow_any_type, max_bytes=settings.max_message_bytes))
             except InvalidMessage as error:
                 problems.extend(f"item {index}: {problem}" for problem in error.problems)
         if problems:
             raise InvalidMessage(problems)
-        envelopes = [self._wrap(e, bulk) for e in checked]
-        return [e.id for e in envelopes], [self._new(e) for e in envelopes]
+        news = [self._fresh(email, body, body_json, bulk) for email, body, body_json in checked]
+        return [e.id for e in news], news
+
+    def _fresh(self, email: Email, body: dict[str, Any], body_json: str | None, bulk: bool) -> NewEmail:
+        """`_new(_wrap(email, bulk))`, with no `Envelope` model when the body's JSON is
+        known (`fresh_envelope`): the same message, for about 10 µs less."""
+        if body_json is None:
+            return self._new(self._wrap(email, bulk))
+        settings = self.settings
+        bulk = bulk or settings.is_bulk(email.type)
+        envelope_id = new_id()
+        now = time.time()
+        expires_at = now + (settings.bulk_ttl_seconds if bulk else settings.message_ttl_seconds)
+        lane = self._lanes[bulk]
+        envelope = fresh_envelope(body_json, envelope_id, now, expires_at, bulk)
+        return NewEmail(lane, encoded_task_message(envelope, envelope_id, body, lane), envelope_id, address_hash(email.to))
 
     def _new(self, envelope: Envelope) -> NewEmail:
         lane = self._lane(envelope)
@@ -106,8 +123,17 @@ class ProducerBase:
         return Envelope.wrap(email, settings.message_ttl_seconds)
 
     def _lane(self, envelope: Envelope) -> str:
-        keys = Keys.of(self.settings)
-        return keys.bulk if envelope.bulk else keys.interactive
+        return self._lanes[bool(envelope.bulk)]
+
+    @functools.cached_property
+    def _lanes(self) -> tuple[str, str]:
+        """The interactive lane's key, then the bulk lane's (indexed by `bulk`)."""
+        keys = self._keys
+        return keys.interactive, keys.bulk
+
+    @functools.cached_property
+    def _keys(self) -> Keys:
+        return Keys.of(self.settings)
 
     def _once(self, email: Email | Mapping[str, Any], key: str) -> tuple[Envelope, str, tuple[Any, ...]]:
         """The envelope, digest and script call of `send_once`."""
@@ -117,16 +143,16 @@ class ProducerBase:
         lifetime_ms = max(1, math.ceil((envelope.expires_at - envelope.created_at) * 1000))
         key_hash = hashlib.sha256(key.encode()).hexdigest()
         record = f"{digest} {envelope.id}"
-        command = enqueue_once_command(Keys.of(self.settings), self._trace, key_hash, record, lifetime_ms, self._new(envelope))
+        command = enqueue_once_command(self._keys, self._trace, key_hash, record, lifetime_ms, self._new(envelope))
         return envelope, digest, command
 
-    @property
+    @functools.cached_property
     def _trace(self) -> TraceLimits:
         return TraceLimits.of(self.settings)
 
     def _push_command(self, emails: list[NewEmail]) -> tuple[Any, ...]:
         """The command that puts new emails on their lanes, all or none."""
-        return enqueue_command(Keys.of(self.settings), self._trace, emails)
+        return enqueue_command(self._keys, self._trace, emails)
 
 
 class Producer(ProducerBase):

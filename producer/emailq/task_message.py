@@ -28,14 +28,21 @@ def task_message(envelope: Envelope, queue: str) -> str:
     Exactly `json.dumps(_generic(envelope, queue, tag), separators=(",", ":"))`, written
     from a template: only the envelope, its id, the masked arguments, the queue and the
     delivery tag vary, and the ingest builds one of these per request."""
-    body = ("[[" + _ENCODE(envelope.dump()) + _BODY_TAIL).encode()
-    message_id = _ENCODE(envelope.id)
+    return encoded_task_message(_ENCODE(envelope.dump()), envelope.id, envelope.message.body(), queue)
+
+
+def encoded_task_message(envelope_json: str, envelope_id: str, body: dict[str, Any], queue: str) -> str:
+    """`task_message` of the envelope whose dump's compact JSON is `envelope_json`, whose
+    id is `envelope_id` and whose email's `body()` is `body` (`emailq.message.fresh_envelope`
+    writes a new email's with no `Envelope`)."""
+    body_json = ("[[" + envelope_json + _BODY_TAIL).encode()
+    message_id = _ENCODE(envelope_id)
     # What Flower and the worker's log show: codes and links masked.
-    argsrepr = _ENCODE(repr([{"id": envelope.id, "message": masked(envelope.message.body())}]))
+    argsrepr = _ENCODE(repr([{"id": envelope_id, "message": masked(body)}]))
     return "".join(
         (
             '{"body":"',
-            base64.b64encode(body).decode("ascii"),
+            base64.b64encode(body_json).decode("ascii"),
             '","content-encoding":"utf-8","content-type":"application/json","headers":{"lang":"py","task":',
             _TASK,
             ',"id":',
