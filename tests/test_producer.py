@@ -116,6 +116,20 @@ def test_a_redis_that_lost_its_scripts_gets_each_email_once(producer, redis_clie
     assert redis_client.llen("emailq:trace:index") == 4
 
 
+def test_a_batch_of_both_lanes_keeps_each_lanes_order_and_traces_each_email(producer, redis_client):
+    emails = [{**email(n), "type": "Generic" if n % 3 == 0 else "SignIn"} for n in range(30)]
+    ids = producer.send_many(emails)
+
+    interactive, bulk = queued(redis_client), queued(redis_client, "emailq:bulk")
+    assert [e["id"] for e in interactive] == [i for i, e in zip(ids, emails) if e["type"] == "SignIn"]
+    assert [e["id"] for e in bulk] == [i for i, e in zip(ids, emails) if e["type"] == "Generic"]
+    index = {entry.decode().split()[0] for entry in redis_client.lrange("emailq:trace:index", 0, -1)}
+    assert index == set(ids)
+    for e in interactive + bulk:
+        lane = "bulk" if e["message"]["type"] == "Generic" else "interactive"
+        assert redis_client.get(f"emailq:trace:{e['id']}").decode().split()[1:] == ["queued", lane]
+
+
 def test_send_many_is_consumed_in_input_order(producer, redis_client):
     emails = [email(n) for n in range(500)]
     ids = producer.send_many(emails)

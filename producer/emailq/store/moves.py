@@ -73,9 +73,11 @@ def enqueue_command(keys: Keys, trace: TraceLimits, emails: Sequence[NewEmail]) 
     if len(emails) == 1:
         [e] = emails
         return script("enqueue").command([e.lane, keys.wake, keys.trace], [e.message, trace.ms, trace.most, e.id, e.address_hash])
-    args: list[Any] = [trace.ms, trace.most, min(len(emails), WAKE_TOKENS_PER_BATCH)]
-    for e in emails:
-        args += ["1" if e.lane == keys.bulk else "0", e.message, e.id, e.address_hash]
+    interactive = [e for e in emails if e.lane != keys.bulk]
+    bulk = [e for e in emails if e.lane == keys.bulk]
+    args: list[Any] = [trace.ms, trace.most, min(len(emails), WAKE_TOKENS_PER_BATCH), len(interactive)]
+    for e in interactive + bulk:
+        args += (e.message, f"{e.id} {e.address_hash}")
     return script("enqueue_many").command([keys.interactive, keys.bulk, keys.wake, keys.trace], args)
 
 
