@@ -84,7 +84,7 @@ class ProducerBase:
     def _batch(self, emails: Iterable[Email | Mapping[str, Any]], bulk: bool) -> tuple[list[str], list[NewEmail]]:
         """The ids and task messages of `emails`; raises InvalidMessage naming every bad item
         (by index) before anything is written."""
-        checked: list[tuple[Email, dict[str, Any], str | None]] = []
+        checked: list[tuple[dict[str, Any], str | None]] = []
         problems: list[str] = []
         settings = self.settings
         for index, email in enumerate(emails):
@@ -95,22 +95,23 @@ class ProducerBase:
                 problems.extend(f"item {index}: {problem}" for problem in error.problems)
         if problems:
             raise InvalidMessage(problems)
-        news = [self._fresh(email, body, body_json, bulk) for email, body, body_json in checked]
+        news = [self._fresh(body, body_json, bulk) for body, body_json in checked]
         return [e.id for e in news], news
 
-    def _fresh(self, email: Email, body: dict[str, Any], body_json: str | None, bulk: bool) -> NewEmail:
-        """`_new(_wrap(email, bulk))`, with no `Envelope` model when the body's JSON is
-        known (`fresh_envelope`): the same message, for about 10 µs less."""
+    def _fresh(self, body: dict[str, Any], body_json: str | None, bulk: bool) -> NewEmail:
+        """`_new(_wrap(email, bulk))` of the email whose `body()` is `body`, with no model
+        when the body's JSON is known (`fresh_envelope`): the same message, for about
+        10 µs less."""
         if body_json is None:
-            return self._new(self._wrap(email, bulk))
+            return self._new(self._wrap(Email.model_validate(body), bulk))
         settings = self.settings
-        bulk = bulk or settings.is_bulk(email.type)
+        bulk = bulk or settings.is_bulk(body["type"])
         envelope_id = new_id()
         now = time.time()
         expires_at = now + (settings.bulk_ttl_seconds if bulk else settings.message_ttl_seconds)
         lane = self._lanes[bulk]
         envelope = fresh_envelope(body_json, envelope_id, now, expires_at, bulk)
-        return NewEmail(lane, encoded_task_message(envelope, envelope_id, body, lane), envelope_id, address_hash(email.to))
+        return NewEmail(lane, encoded_task_message(envelope, envelope_id, body, lane), envelope_id, address_hash(body["to"]))
 
     def _new(self, envelope: Envelope) -> NewEmail:
         lane = self._lane(envelope)

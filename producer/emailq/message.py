@@ -84,42 +84,75 @@ class Email(BaseModel):
 
 def parse_email(data: Any, *, allow_any_type: bool = False, max_bytes: int | None = None) -> Email:
     """Validate one `SendMessageData`; raises InvalidMessage listing every fault."""
-    email = _valid(data, allow_any_type)
+    email = _valid(data)
+    _check_type(email.type, allow_any_type)
     if max_bytes is not None:
         _check_size(_compact(email.body()), max_bytes)
     return email
 
 
-def checked_body(data: Any, *, allow_any_type: bool, max_bytes: int) -> tuple[Email, dict[str, Any], str | None]:
-    """`parse_email`, with what the producer writes next: the email's `body()`, and that
-    body as the envelope's JSON carries it (`fresh_envelope`), or None when the body
-    holds a NaN or an infinity (which the envelope's dump writes as null)."""
-    email = _valid(data, allow_any_type)
-    body = email.body()
+def checked_body(data: Any, *, allow_any_type: bool, max_bytes: int) -> tuple[dict[str, Any], str | None]:
+    """`parse_email`'s verdict, given as what the producer writes next: the email's
+    `body()`, and that body in compact JSON as the envelope carries it (`fresh_envelope`),
+    or None when the body holds a NaN or an infinity (which the envelope's dump writes
+    as null)."""
+    body = _plain_body(data)
+    if body is None:
+        body = _valid(data).body()
+    _check_type(body["type"], allow_any_type)
     try:
         text = _finite(body)
     except ValueError:
         _check_size(_compact(body), max_bytes)
-        return email, body, None
+        return body, None
     _check_size(text, max_bytes)
-    return email, body, text
+    return body, text
 
 
-def _valid(data: Any, allow_any_type: bool) -> Email:
+_FIELDS = frozenset(Email.model_fields)
+
+
+def _plain_body(data: Any) -> dict[str, Any] | None:
+    """`Email.model_validate(data).body()` without the model, for what the ingest nearly
+    always receives: a dict of the very types the model's strict fields take, that passes
+    the model's own checks (about 5 µs a request less). None for anything else, and for
+    every email those checks refuse, so that the model gives its verdict and its words."""
+    if type(data) is not dict or not data.keys() <= _FIELDS:
+        return None
+    to, kind, payload, ip = data.get("to"), data.get("type"), data.get("payload"), data.get("ip")
+    if type(to) is not str or type(kind) is not str or type(payload) is not dict or not (ip is None or type(ip) is str):
+        return None
+    if not all(type(key) is str for key in payload):
+        return None
+    try:
+        check_address(to)
+        Email._bounded_type(kind)
+        Email._known_keys_are_strings(payload)
+    except ValueError:  # EmailNotValidError is one
+        return None
+    body = {"to": to, "type": kind, "payload": payload}
+    if ip is not None:
+        body["ip"] = ip
+    return body
+
+
+def _valid(data: Any) -> Email:
     if not isinstance(data, dict):
         raise InvalidMessage([f"must be a JSON object, got {_json_kind(data)}"])
     try:
-        email = Email.model_validate(data)
+        return Email.model_validate(data)
     except ValidationError as error:
         raise InvalidMessage([_describe(e) for e in error.errors()]) from None
-    if not allow_any_type and email.type not in TEMPLATE_TYPES:
+
+
+def _check_type(email_type: str, allow_any_type: bool) -> None:
+    if not allow_any_type and email_type not in TEMPLATE_TYPES:
         raise InvalidMessage(
             [
-                f"type: unknown template type {email.type!r} (expected one of "
+                f"type: unknown template type {email_type!r} (expected one of "
                 f"{', '.join(sorted(TEMPLATE_TYPES))}; EMAILQ_ALLOW_ANY_TYPE=true accepts any)"
             ]
         )
-    return email
 
 
 def _check_size(body_json: str, max_bytes: int) -> None:

@@ -9,8 +9,9 @@ import uuid
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from emailq.message import Email, Envelope, checked_body, fresh_envelope, new_id
+from emailq.message import Email, Envelope, _plain_body, checked_body, fresh_envelope, new_id
 from emailq.task_message import _generic, task_message
 
 json_values = st.recursive(
@@ -63,7 +64,8 @@ finite_or_not = st.recursive(
 )
 def test_a_fresh_envelope_is_written_as_its_model_dumps_it(to, payload, ip, ttl, bulk):
     data = {"to": to, "type": "SignIn", "payload": payload, **({} if ip is None else {"ip": ip})}
-    email, body, body_json = checked_body(data, allow_any_type=False, max_bytes=10**9)
+    body, body_json = checked_body(data, allow_any_type=False, max_bytes=10**9)
+    email = Email.model_validate(data)
     assert body == email.body()
     envelope = Envelope.wrap(email, ttl, bulk=bulk)
     expected = json.dumps(envelope.dump(), separators=(",", ":"))
@@ -72,3 +74,26 @@ def test_a_fresh_envelope_is_written_as_its_model_dumps_it(to, payload, ip, ttl,
             json.dumps(body, allow_nan=False)
         return
     assert fresh_envelope(body_json, envelope.id, envelope.created_at, envelope.expires_at, bulk) == expected
+
+
+anything = st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.lists(st.integers(), max_size=2)
+fields = st.sampled_from(["to", "type", "payload", "ip", "other"])
+email_like = st.dictionaries(
+    fields,
+    anything
+    | st.emails()
+    | st.sampled_from(["SignIn", "", "x" * 101, "a\nb"])
+    | st.dictionaries(st.sampled_from(["code", "link", "bid"]) | st.integers(), anything, max_size=3),
+    max_size=5,
+)
+
+
+@given(email_like | st.fixed_dictionaries({"to": st.emails(), "type": st.just("SignIn"), "payload": st.dictionaries(st.text(max_size=4), anything)}))
+def test_the_model_free_check_accepts_only_what_the_model_accepts_and_reads_it_alike(data):
+    plain = _plain_body(data)
+    try:
+        email = Email.model_validate(data)
+    except ValidationError:
+        assert plain is None
+        return
+    assert plain is None or plain == email.body()

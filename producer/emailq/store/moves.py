@@ -44,8 +44,7 @@ sends `script("take")` itself, built by `emailq.worker.places.taking`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -58,9 +57,9 @@ from emailq.store.trace import TraceLimits
 WAKE_TOKENS_PER_BATCH = 64
 
 
-@dataclass(frozen=True)
-class NewEmail:
-    """A task message ready for its lane, with what its trace needs."""
+class NewEmail(NamedTuple):
+    """A task message ready for its lane, with what its trace needs. (A tuple: the ingest
+    makes one per request, and a frozen dataclass's init costs a µs.)"""
 
     lane: str
     message: str
