@@ -190,7 +190,7 @@ def test_a_primary_that_never_answers_is_left_once_its_breaker_opens(producer, p
 
 
 def test_a_primary_failing_a_third_of_requests(producer, primary, fallback, start_worker, redis_client, defaults_env):
-    worker = start_worker(env=with_fallback(defaults_env, primary, fallback))
+    start_worker(env=with_fallback(defaults_env, primary, fallback))
     healthy = time_to_deliver(producer, (primary,), [code(i) for i in range(BULK)])
     rng, lock = random.Random(7), threading.Lock()
 
@@ -205,7 +205,10 @@ def test_a_primary_failing_a_third_of_requests(producer, primary, fallback, star
     assert most <= 1.5 * healthy
     assert failed_over > BULK / 5, "the 503s went to the fallback at once"
     assert redis_client.zcard(KEYS.dlq_index) == 0
-    assert "primary endpoint looks down" not in worker.output()
+    # No outage: the primary keeps two thirds of the emails. (Its breaker may open for a
+    # probe interval: answers come back in another order than the endpoint drew them,
+    # and ten 503s in a row among 2,000 answers at one in three come now and then.)
+    assert failed_over < BULK / 2, "the primary was given up for the fallback"
 
 
 def test_both_down_then_both_back_loses_nothing(producer, primary, fallback, start_worker, redis_client, defaults_env):
