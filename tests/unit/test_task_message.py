@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from emailq.message import Email, Envelope, _plain_body, checked_body, fresh_envelope, new_id
+from emailq.message import KNOWN_PAYLOAD_STRINGS, Email, Envelope, _plain_body, checked_body, fresh_envelope, new_id
 from emailq.task_message import _generic, task_message
 
 json_values = st.recursive(
@@ -19,9 +19,19 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=10,
 )
+
+
+# A payload's own keys: `code`, `link`, `locale` and `uiLocales` must hold strings, so
+# they come with text values, any other key with any JSON value.
+def payloads(values: st.SearchStrategy) -> st.SearchStrategy:
+    other = st.dictionaries(st.text(max_size=8).filter(lambda key: key not in KNOWN_PAYLOAD_STRINGS), values, max_size=4)
+    known = st.dictionaries(st.sampled_from(KNOWN_PAYLOAD_STRINGS), st.text(max_size=10), max_size=2)
+    return st.builds(lambda a, b: {**a, **b}, other, known)
+
+
 envelope_parts = st.tuples(
     st.emails(),
-    st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    payloads(json_values),
     st.none() | st.text(max_size=15),
     st.none() | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
     st.floats(min_value=0.001, max_value=1e9),
@@ -57,7 +67,7 @@ finite_or_not = st.recursive(
 
 @given(
     st.emails(),
-    st.dictionaries(st.text(max_size=8), finite_or_not, max_size=4),
+    payloads(finite_or_not),
     st.none() | st.text(max_size=15),
     st.floats(min_value=0.001, max_value=1e9),
     st.booleans(),
