@@ -104,13 +104,22 @@ class AsyncProducer(ProducerBase):
                 await connection.disconnect()
                 await connection.connect()
             await connection.check_health()
-            await connection.send_packed_command(connection.pack_command(*command), check_health=False)
-            sent = True
+            # One timer for the write and the reply: redis-py's own send wraps each write in
+            # `asyncio.wait_for`, a task per call (a fifth of an enqueue's time on the event
+            # loop), and its timeout for one read answers None when it runs out, which is
+            # also a script's nil.
             try:
-                reply = await _read(connection, self._reply_seconds(ids))
-            except redis.exceptions.NoScriptError:
-                await connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
-                reply = await _read(connection, self._reply_seconds(ids))
+                async with asyncio.timeout(self._reply_seconds(ids)):
+                    await _send(connection, command)
+                    sent = True
+                    try:
+                        # The read of a connection cancelled mid-reply drops it: nothing is left unread.
+                        reply = await connection.read_response(timeout=math.inf)
+                    except redis.exceptions.NoScriptError:
+                        await _send(connection, with_source(command))
+                        reply = await connection.read_response(timeout=math.inf)
+            except TimeoutError:
+                raise redis.TimeoutError("Timeout talking to Redis") from None
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 await connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
@@ -134,15 +143,13 @@ class AsyncProducer(ProducerBase):
         await self._redis.aclose()
 
 
-async def _read(connection: Any, seconds: float) -> Any:
-    """One reply within `seconds`, else redis.TimeoutError. (redis-py's own timeout for one
-    read answers None when it runs out, which is also a script's nil.)"""
+async def _send(connection: Any, command: tuple[Any, ...]) -> None:
+    """Write `command` on `connection` (the caller bounds the time it may take)."""
     try:
-        async with asyncio.timeout(seconds):
-            # The read of a connection cancelled mid-reply drops it: nothing is left unread.
-            return await connection.read_response(timeout=math.inf)
-    except TimeoutError:
-        raise redis.TimeoutError("Timeout reading from socket") from None
+        await connection._send_packed_command(connection.pack_command(*command))
+    except OSError as error:
+        await connection.disconnect(nowait=True)
+        raise redis.ConnectionError(f"Error while writing to Redis: {error}") from None
 
 
 async def _has_data(connection: Any) -> bool:
