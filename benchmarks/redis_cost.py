@@ -24,6 +24,7 @@ from benchmarks.harness import Endpoint, RedisServer
 from benchmarks.messages import email_body
 from emailq.enqueue import Producer
 from emailq.settings import Settings
+from emailq.store.keys import Keys
 
 EMAILS = 20000
 RATE_LIMIT = 100000  # per second: the limiter runs on every take, and never waits
@@ -67,6 +68,7 @@ def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = pr
             for i in range(emails // 2, emails, BATCH):
                 producer.send_many(bodies[i : min(i + BATCH, emails)])
             enqueued = snapshot(redis_server)
+            queue_keys = Keys.of(producer.settings)
             producer.close()
             delivered_before = endpoint.count()
             # Before the worker starts: its start-up (a few hundred commands) is counted
@@ -77,6 +79,8 @@ def measure(workdir: Path, emails: int = EMAILS, log: Callable[[str], None] = pr
                 assert worker.proc is not None
                 worker.proc.wait_ready()
                 _wait(lambda target=delivered_before + emails: endpoint.count() >= target, "the deliveries")
+                # The worker acks in batches, after the posts: its last acks are its cost too.
+                _wait(lambda keys=queue_keys: in_flight(redis_server, keys) == 0, "the last acks")
                 done = snapshot(redis_server)
             finally:
                 worker.stop()
@@ -124,6 +128,12 @@ def reference(redis_server: RedisServer, n: int) -> dict[str, float]:
     pushed = snapshot(redis_server)
     client.delete("reference")
     return {"ping_us": per_email(before, pinged, n)["cpu_us"], "lpush_us": per_email(pinged, pushed, n)["cpu_us"]}
+
+
+def in_flight(redis_server: RedisServer, keys: Keys) -> int:
+    """Emails in the queue's in-flight lists (two commands per worker, a few per poll)."""
+    client = redis_server.client()
+    return sum(client.llen(keys.inflight(owner.decode())) for owner in client.smembers(keys.owners))
 
 
 def _wait(done: Callable[[], bool], what: str) -> None:
