@@ -2,8 +2,8 @@
 
 What changes from kombu's Redis channel:
 
-- The pop is the take (`emailq.store.moves`' `take.lua`, sent by `Taker`): up to 16
-  emails from the lanes onto this process's in-flight list, where each stays until it is
+- The pop is the take (`emailq.store.moves`' `take.lua`, sent by `Taker`): up to
+  `TAKE_BATCH` emails from the lanes onto this process's in-flight list, where each stays until it is
   settled; nothing else is written per email. kombu's shared,
   unprefixed `unacked` hash is never used, so another Celery app on the same database is
   never touched, and a closed channel (a dropped connection) gives nothing back.
