@@ -12,11 +12,13 @@
 -- A trace starts with its email's enqueue (or a replay, a new life); a move of an email
 -- whose trace is gone writes nothing.
 -- Best effort (pcall): a trace key Redis refuses never fails the move it records.
+-- The script's one timestamp, as the text every event line starts with (a number would be
+-- formatted again for each line).
 local trace_now = nil
 local function trace_ms()
   if not trace_now then
     local t = redis.call('TIME')
-    trace_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    trace_now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
   end
   return trace_now
 end

@@ -162,6 +162,11 @@ class InFlight:
             for taken in batch:
                 by_list.setdefault(taken.inflight_key, []).append(taken)
             for key, takens in by_list.items():
+                # Oldest first, as the ack script wants: each LREM then finds its email at
+                # the list's tail. In the order the deliveries ended, it scans past the
+                # emails still posting, comparing 1.2 KB with each: about a third more of
+                # Redis's CPU per email with 160 in flight.
+                takens.sort(key=lambda t: t.taken_at)
                 try:
                     self.moves_of(takens[0]).ack(key, [t.item for t in takens])
                 except Exception as error:  # this thread must outlive any one failure

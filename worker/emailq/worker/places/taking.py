@@ -42,8 +42,11 @@ BURST_SHARE = 0.08
 TAKEN, WAIT, EMPTY = 1, 0, 2
 # Emails one take may move at most (fewer when the worker has fewer free slots). Each
 # take is one round trip and one turn of Celery's event loop; taking a few at once when
-# the queue is deep is most of what a worker saves per email at high rates.
-TAKE_BATCH = 16
+# the queue is deep is most of what a worker saves per email at high rates, and of what
+# Redis spends per email: a round trip costs it as much as a few emails' moves (16 → 64:
+# delivery's Redis CPU 37–42 → 27–33 µs per email, docs/performance.md). The interactive
+# lane comes first within a take as between takes, so a code never waits behind one.
+TAKE_BATCH = 64
 # The take script (`emailq/store/lua/take.lua`: its KEYS, ARGV and answers): the consumer
 # sends it raw on its own connection, past kombu's prefixing client, so its keys are whole
 # names.
