@@ -1,6 +1,7 @@
 """The asyncio producer against a real Redis: what `send`, `send_many` and `send_once`
 enqueue, and what each failure answers, as the synchronous producer does; plus what only
-asyncio has, a call cancelled after its write was sent."""
+asyncio has, a call cancelled after its write was sent; and, on Redis servers of their
+own, `WAIT` for a replica and TLS with a private CA."""
 
 from __future__ import annotations
 
@@ -244,3 +245,61 @@ def test_sentinel_and_a_plain_url_make_the_same_calls(settings_env, redis_server
         sentinel.kill()
         sentinel.wait()
     assert [e["id"] for e in queued(redis_client)] == [message_id]
+
+
+def test_with_min_replicas_a_replica_confirms_and_a_lone_primary_says_may_have_been_enqueued(tmp_path):
+    """`EMAILQ_REDIS_MIN_REPLICAS`: the asyncio producer WAITs as the sync one does. A
+    Redis of the test's own with a replica, then alone (the suite's Redis is shared)."""
+    from conftest import RedisServer
+
+    primary = RedisServer(tmp_path / "primary")
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+    for server in (primary, replica):
+        server.directory.mkdir()
+    primary.start()
+    replica.start()
+    env = {"EMAILQ_REDIS_URL": primary.url, "EMAILQ_DATA_DIR": str(tmp_path / "data"), "EMAILQ_REDIS_MIN_REPLICAS": "1"}
+    try:
+        wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", 10, "the replica to sync")
+
+        async def send() -> str:
+            async with producer_for(env) as producer:
+                return await producer.send(SIGN_IN)
+
+        confirmed = asyncio.run(send())
+        wait_for(lambda: replica.client().llen("emailq") == 1, 5, "the email on the replica")
+        replica.kill()
+        with pytest.raises(emailq.QueueUnavailable) as raised:
+            asyncio.run(send())
+    finally:
+        replica.kill()
+        primary.stop()
+    error = raised.value
+    assert error.maybe_enqueued and "0 of the 1 replica(s)" in str(error) and "may have been enqueued" in str(error)
+    assert error.ids[0] != confirmed
+
+
+def test_a_tls_server_with_a_private_ca_takes_its_emails_and_plain_tcp_gets_a_clear_refusal(tmp_path):
+    from sentinel_cluster import Tls, TlsRedisServer
+
+    server = TlsRedisServer(tmp_path / "redis", Tls.issue(tmp_path / "tls"))
+    server.directory.mkdir(parents=True)
+    server.start()
+    files = {k: v for k, v in server.tls.env().items() if k != "EMAILQ_REDIS_TLS"}
+    env = {"EMAILQ_REDIS_URL": f"rediss://127.0.0.1:{server.port}/0", "EMAILQ_DATA_DIR": str(tmp_path / "data"), **files}
+
+    async def send(env: dict[str, str]) -> str:
+        async with producer_for(env, EMAILQ_REDIS_TIMEOUT="0.5") as producer:
+            return await producer.send(SIGN_IN)
+
+    # The same server by plain TCP: what a missing `rediss://` gets.
+    plain = {"EMAILQ_REDIS_URL": f"redis://127.0.0.1:{server.port}/0", "EMAILQ_DATA_DIR": env["EMAILQ_DATA_DIR"]}
+    try:
+        message_id = asyncio.run(send(env))
+        on_queue = server.client().lrange("emailq", 0, -1)
+        with pytest.raises(emailq.QueueUnavailable) as raised:
+            asyncio.run(send(plain))
+    finally:
+        server.stop()
+    assert [json.loads(item)["headers"]["id"] for item in on_queue] == [message_id]
+    assert raised.value.maybe_enqueued is False and "\n" not in str(raised.value)
