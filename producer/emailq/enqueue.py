@@ -50,7 +50,7 @@ def connect(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     return redis_client(settings, **fail_fast(settings, timeout, Retry(NoBackoff(), 0)))
 
 
-# How much longer a batch's answer is awaited, per email: Redis runs the batch's script
+# How much longer a batch's write and answer are given, per email: Redis runs the batch's script
 # for about 10-30 µs an email (docs/performance.md), so a batch of 10,000 is given a second
 # more than one email, not answered "may have been enqueued" (and sent again) for its size.
 REPLY_SECONDS_PER_EMAIL = 0.0001
@@ -226,16 +226,16 @@ class Producer(ProducerBase):
         sent = False
         try:
             connection.check_health()  # a PING when idle a while; its failure sent nothing
+            deadline = time.monotonic() + self._reply_seconds(ids)
             # A failure while sending leaves the command incomplete: Redis runs none of it
             # (a batch is one script).
-            connection.send_packed_command(connection.pack_command(*command), check_health=False)
+            _send(connection, command, deadline)
             sent = True
-            within = {"timeout": self._reply_seconds(ids)} if _READ_TAKES_TIMEOUT else {}
             try:
-                reply = connection.read_response(**within)
+                reply = connection.read_response(**_within(deadline))
             except redis.exceptions.NoScriptError:
-                connection.send_packed_command(connection.pack_command(*with_source(command)), check_health=False)
-                reply = connection.read_response(**within)
+                _send(connection, with_source(command), deadline)
+                reply = connection.read_response(**_within(deadline))
             wanted, timeout = self.settings.redis_min_replicas, self.settings.redis_timeout
             if wanted > 0:
                 connection.send_command("WAIT", wanted, max(1, int(timeout * 1000)), check_health=False)
@@ -250,6 +250,26 @@ class Producer(ProducerBase):
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _send(connection: redis.connection.Connection, command: tuple[Any, ...], deadline: float) -> None:
+    """Write `command` by `deadline`. A batch of megabytes fills the socket's buffers while
+    Redis is busy: its write is given the batch's time, not the socket's timeout (redis-py
+    has no timeout of its own for a write; `_sock` is the connected socket)."""
+    sock: Any = getattr(connection, "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        connection.send_packed_command(connection.pack_command(*command), check_health=False)
+    finally:
+        sock = getattr(connection, "_sock", None)  # None once a failed write disconnected
+        if sock is not None:
+            sock.settimeout(connection.socket_timeout)
+
+
+def _within(deadline: float) -> dict[str, float]:
+    """The read's timeout: what is left of the write's `deadline` (redis-py 6 and later)."""
+    return {"timeout": max(deadline - time.monotonic(), 0.001)} if _READ_TAKES_TIMEOUT else {}
 
 
 def confirm_replicas(confirmed: int, settings: Settings, ids: list[str] | None) -> None:

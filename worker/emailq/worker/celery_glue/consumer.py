@@ -39,6 +39,14 @@ class Consumer(CeleryConsumer):
     # Celery's own handlers log a traceback per item and ack or reject it; here each item
     # gets one line, and the ack comes after the DLQ holds it.
     def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if _decodes(message):
+            # The exception was not the message's: one raised into the main thread while it
+            # decoded, by a signal handler (Celery's cold shutdown cancels its requests there,
+            # and its threads pool raises NotImplementedError): back to its lane, not the DLQ.
+            log.warning("a message that decodes was reported undecodable (%s); it goes back on the queue", exc)
+            runtime.get().in_flight.release(message.delivery_tag)
+            message.ack()
+            return
         _dead_letter(message, f"undecodable message: {exc}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
@@ -49,6 +57,15 @@ class Consumer(CeleryConsumer):
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         _dead_letter(message, f"invalid task message: {exc}")
+
+
+def _decodes(message: Any) -> bool:
+    """Whether kombu decodes `message` now, without errors of its own."""
+    try:
+        message.decode()
+    except Exception:
+        return False
+    return not getattr(message, "errors", None)
 
 
 def _dead_letter(message: Any, detail: str) -> None:
