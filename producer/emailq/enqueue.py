@@ -257,8 +257,12 @@ def _send(connection: redis.connection.Connection, command: tuple[Any, ...], dea
     Redis is busy: its write is given the batch's time, not the socket's timeout (redis-py
     has no timeout of its own for a write; `_sock` is the connected socket)."""
     sock: Any = getattr(connection, "_sock", None)
-    if sock is not None:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    budget = deadline - time.monotonic()
+    if sock is None or budget <= (connection.socket_timeout or 0):
+        # One email: the socket's own timeout is its budget (no two syscalls per enqueue).
+        connection.send_packed_command(connection.pack_command(*command), check_health=False)
+        return
+    sock.settimeout(budget)
     try:
         connection.send_packed_command(connection.pack_command(*command), check_health=False)
     finally:
