@@ -32,11 +32,32 @@ from click.core import ParameterSource
 from emailq.worker import runtime
 
 
+class Stopped(Exception):
+    """The worker stopped taking work (its pool, or its consumer) before this email could
+    start: the email goes back to its lane."""
+
+
 class ThreadPool(TaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor._shutdown_lock = threading.RLock()  # private, the same since Python 3.8
+        self.stopped = False
         runtime.reserve_threads(self.limit)  # a Redis connection for each thread at once
+
+    def on_stop(self) -> None:
+        self.stopped = True  # before the executor refuses work, so a refusal always finds it
+        super().on_stop()
+
+    def on_apply(self, *args: Any, **kwargs: Any) -> Any:
+        # A cold shutdown stops the pool from its signal handler, between two emails of
+        # one take: the executor then refuses the next with a RuntimeError, which Celery
+        # would report as an unrecoverable error, traceback and all.
+        try:
+            return super().on_apply(*args, **kwargs)
+        except RuntimeError:
+            if self.stopped:
+                raise Stopped() from None
+            raise
 
 
 @signals.celeryd_init.connect

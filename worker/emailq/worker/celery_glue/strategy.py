@@ -51,6 +51,11 @@ class MaskedRequest(Request):
     def info(self, safe: bool = False) -> dict[str, Any]:
         return super().info(safe=True)
 
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        # Celery's cold shutdown asks the pool to kill the job, and the threads pool raises
+        # NotImplementedError from the signal handler into whatever the worker was doing.
+        pass  # as LeanRequest.cancel
+
 
 class LeanRequest:
     """What Celery's worker state, remote control and shutdown read of a request."""

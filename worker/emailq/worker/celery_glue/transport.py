@@ -46,6 +46,7 @@ from kombu.utils.encoding import bytes_to_str
 from emailq.store.redis_client import primary_pool
 from emailq.settings import get_settings
 from emailq.worker import runtime
+from emailq.worker.celery_glue.pool import Stopped
 from emailq.worker.places.dead_letters import RAW_LIMIT, DeadLetter
 from emailq.worker.places.in_flight import Taken
 from emailq.worker.places.taking import EMPTY, TAKE, TAKE_BATCH, WAIT, Taker
@@ -255,15 +256,25 @@ class Channel(kombu_redis.Channel):
             for index, (lane, item) in enumerate(pairs):
                 try:
                     self._deliver_taken(queue, lane, taker.inflight, item)
+                except Stopped:
+                    # A cold shutdown, from its signal handler, stopped the consumer or
+                    # the pool under this batch: this email and the rest go back now, with
+                    # one line (a give-back moves only what this worker still holds).
+                    self._give_back(pairs[index:], taker.inflight)
+                    log.warning("worker stopping: %d email(s) taken as it stopped went back to their lanes", len(pairs) - index)
+                    break
                 except BaseException:
                     # Not handed to Celery: back to their lane now, not after a lost-take scan.
-                    for rest_lane, rest in pairs[index + 1 :]:
-                        runtime.get().in_flight.give_back(Taken(rest_lane, taker.inflight, rest, None, time.monotonic()))
+                    self._give_back(pairs[index + 1 :], taker.inflight)
                     raise
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own _brpop_read does; its default (False) types it bool
             self._flush_brpop_reauth()
+
+    def _give_back(self, pairs: list[tuple[str, bytes]], inflight_key: str) -> None:
+        for lane, item in pairs:
+            runtime.get().in_flight.give_back(Taken(lane, inflight_key, item, None, time.monotonic()))
 
     def _take_most(self) -> int:
         """How many emails the next take may move: the free prefetch slots; one at a time
@@ -284,9 +295,15 @@ class Channel(kombu_redis.Channel):
         # twice (again after giving it back, or after it was taken for dead) has two
         # records, and Celery's ack of one never settles the other (`in_flight.py`).
         message["properties"]["delivery_tag"] += f"/{next(_TAKES)}"
+        # kombu's `_deliver`, without its warning and reject for each email when nobody
+        # consumes: a cold shutdown cancels the consumer at any moment of a batch.
+        try:
+            consume = self.connection._callbacks[queue]
+        except KeyError:
+            raise Stopped() from None
         self._popped = (lane, inflight_key, item)
         try:
-            self.connection._deliver(message, queue)
+            consume(message)
         finally:
             self._popped = None
 
