@@ -167,7 +167,7 @@ def test_a_cold_shutdown_loses_nothing(producer, endpoint, start_worker, redis_c
     start_worker(env=defaults_env)
     wait_for(lambda: set(endpoint.delivered_keys()) >= set(ids), 90, "every email delivered", interval=0.2)
     wait_for(lambda: census.count(redis_client, KEYS).in_flight == 0, 60, "nothing left in flight", interval=0.2)
-    # Celery's handler raises into whatever the main thread was doing, at times decoding
-    # an email: that email goes back to its lane, never to the DLQ as undecodable.
+    # The shutdown lands at any moment of the main thread's work, decoding an email
+    # included: such an email goes back to its lane, never to the DLQ as undecodable.
     assert census.count(redis_client, KEYS).dead_lettered == 0
     assert_one_home(redis_client)

@@ -41,8 +41,8 @@ class Consumer(CeleryConsumer):
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         if _decodes(message):
             # The exception was not the message's: one raised into the main thread while it
-            # decoded, by a signal handler (Celery's cold shutdown cancels its requests there,
-            # and its threads pool raises NotImplementedError): back to its lane, not the DLQ.
+            # decoded, by a signal handler (as Celery's cold shutdown did, before
+            # `MaskedRequest.cancel`): back to its lane, not the DLQ.
             log.warning("a message that decodes was reported undecodable (%s); it goes back on the queue", exc)
             runtime.get().in_flight.release(message.delivery_tag)
             message.ack()
