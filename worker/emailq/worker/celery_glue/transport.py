@@ -261,7 +261,7 @@ class Channel(kombu_redis.Channel):
                     # the pool under this batch: this email and the rest go back now, with
                     # one line (a give-back moves only what this worker still holds).
                     self._give_back(pairs[index:], taker.inflight)
-                    log.warning("worker stopping: %d email(s) taken as it stopped went back to their lanes", len(pairs) - index)
+                    log.warning("%d email(s) taken as the worker stopped consuming went back to their lanes", len(pairs) - index)
                     break
                 except BaseException:
                     # Not handed to Celery: back to their lane now, not after a lost-take scan.
