@@ -258,16 +258,15 @@ def _send(connection: redis.connection.Connection, command: tuple[Any, ...], dea
     has no timeout of its own for a write; `_sock` is the connected socket)."""
     sock: Any = getattr(connection, "_sock", None)
     budget = deadline - time.monotonic()
-    if sock is None or budget <= (connection.socket_timeout or 0):
-        # One email: the socket's own timeout is its budget (no two syscalls per enqueue).
-        connection.send_packed_command(connection.pack_command(*command), check_health=False)
-        return
-    sock.settimeout(budget)
+    # One email: the socket's own timeout is its budget (no two syscalls per enqueue).
+    widen = sock is not None and budget > (connection.socket_timeout or 0)
+    if widen:
+        sock.settimeout(budget)
     try:
         connection.send_packed_command(connection.pack_command(*command), check_health=False)
     finally:
         sock = getattr(connection, "_sock", None)  # None once a failed write disconnected
-        if sock is not None:
+        if widen and sock is not None:
             sock.settimeout(connection.socket_timeout)
 
 
